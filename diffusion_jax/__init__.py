@@ -5,6 +5,16 @@ process, parameterization conversions, ELBOs and losses. Models, training and da
 subpackages ``diffusion_jax.models``, ``diffusion_jax.training`` and ``diffusion_jax.data``.
 """
 
+from diffusion_jax.elbo import (
+    bits_per_dim,
+    decoder_log_prob,
+    diffusion_elbo,
+    l_simple,
+    map_over_timesteps,
+    per_example_noise,
+    prior_kl,
+    sample_timesteps,
+)
 from diffusion_jax.forward import (
     constant_coefficient_chain,
     constant_coefficient_chain_variance,
@@ -32,16 +42,16 @@ from diffusion_jax.parameterization import (
     x0_from_eps,
     x0_from_v,
 )
+from diffusion_jax.samplers import (
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_sample,
+    ddpm_sample_chunks,
+    ddpm_sample_loop,
+    make_ddim_step,
+    make_ddpm_step,
+    p_reverse,
+)
 from diffusion_jax.schedules import Schedule, cosine_schedule, linear_schedule, schedule_from_betas
 
 __version__ = "0.1.0"
-from diffusion_jax.elbo import (  # noqa: E402
-    bits_per_dim,
-    decoder_log_prob,
-    diffusion_elbo,
-    l_simple,
-    map_over_timesteps,
-    per_example_noise,
-    prior_kl,
-    sample_timesteps,
-)

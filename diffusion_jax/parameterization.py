@@ -31,7 +31,6 @@ def p_mean_from_eps(sched: Schedule, x_t, t, eps):
     check_same_shape(x_t=x_t, eps=eps)
     t = check_timestep(t, sched.T)
     beta, alpha = at(sched.betas, t, x_t), at(sched.alphas, t, x_t)
-    alpha_bar = at(sched.alpha_bars, t, x_t)
     one_minus_ab = at(sched.one_minus_alpha_bars, t, x_t)
     return (x_t - beta / jnp.sqrt(one_minus_ab) * eps) / jnp.sqrt(alpha)
 

@@ -64,8 +64,9 @@ ModelFn = Callable[[jax.Array, jax.Array], object]
 # --------------------------------------------------------------------------- reverse kernel
 
 
-def predict_x0_eps(model_output, sched: Schedule, x_t, t, *, prediction: str = "eps",
-                   clip_x0: bool = False):
+def predict_x0_eps(
+    model_output, sched: Schedule, x_t, t, *, prediction: str = "eps", clip_x0: bool = False
+):
     """Converts a network prediction to the pair (x̂_0, ε̂), both of x_t's shape.
 
     ``prediction`` in {"eps", "x0", "v"} (module docstring). t: int scalar or (B,), in 1..T.
@@ -114,8 +115,16 @@ def learned_log_variance(sched: Schedule, t, v, x=None):
     return frac * log_beta + (1.0 - frac) * log_beta_tilde
 
 
-def p_reverse(model_output, sched: Schedule, x_t, t, *, prediction: str = "eps",
-              variance: str = "beta", clip_x0: bool = False) -> Gaussian:
+def p_reverse(
+    model_output,
+    sched: Schedule,
+    x_t,
+    t,
+    *,
+    prediction: str = "eps",
+    variance: str = "beta",
+    clip_x0: bool = False,
+) -> Gaussian:
     """The reverse kernel p_θ(x_{t−1} | x_t) = N(μ̃_t(x̂_0, x_t), σ²_t I) for t in 1..T.
 
     model_output: the network output at (x_t, t): the prediction (x_t's shape), or for
@@ -131,8 +140,7 @@ def p_reverse(model_output, sched: Schedule, x_t, t, *, prediction: str = "eps",
     """
     check_choice("variance", variance, VARIANCES)
     prediction_output, v = _split_output(model_output, variance == "learned")
-    x0, _ = predict_x0_eps(prediction_output, sched, x_t, t, prediction=prediction,
-                           clip_x0=clip_x0)
+    x0, _ = predict_x0_eps(prediction_output, sched, x_t, t, prediction=prediction, clip_x0=clip_x0)
     mean, _ = q_posterior(sched, x0, x_t, t)
     if variance == "beta":
         var = at(sched.betas, t, x_t)
@@ -163,8 +171,14 @@ def _split_output(model_output, learned: bool):
 # --------------------------------------------------------------------------- DDPM (ancestral)
 
 
-def make_ddpm_step(model_fn: ModelFn, sched: Schedule, *, variance: str = "beta",
-                   prediction: str = "eps", clip_x0: bool = False):
+def make_ddpm_step(
+    model_fn: ModelFn,
+    sched: Schedule,
+    *,
+    variance: str = "beta",
+    prediction: str = "eps",
+    clip_x0: bool = False,
+):
     """Builds the jitted ancestral step ``step(x_t, t, key) -> x_{t−1}``.
 
     x_t: (B, *event); t: int scalar in 1..T (Python int or int32 array; one compilation for
@@ -180,8 +194,15 @@ def make_ddpm_step(model_fn: ModelFn, sched: Schedule, *, variance: str = "beta"
     def step(x_t, t, key):
         t = jnp.asarray(t, jnp.int32)
         t_batch = jnp.full((x_t.shape[0],), t, jnp.int32)
-        mean, var = p_reverse(model_fn(x_t, t_batch), sched, x_t, t_batch,
-                              prediction=prediction, variance=variance, clip_x0=clip_x0)
+        mean, var = p_reverse(
+            model_fn(x_t, t_batch),
+            sched,
+            x_t,
+            t_batch,
+            prediction=prediction,
+            variance=variance,
+            clip_x0=clip_x0,
+        )
         noise = jax.random.normal(jax.random.fold_in(key, t), x_t.shape, x_t.dtype)
         std = jnp.where(t > 1, jnp.sqrt(var), 0.0)  # no noise on the last step (t = 1)
         return (mean + std * noise).astype(x_t.dtype)
@@ -203,9 +224,18 @@ def _scan_steps(step, x, key, t_start, num_steps: int, trajectory: bool):
     return jax.lax.scan(body, x, ts)
 
 
-def ddpm_sample(model_fn: ModelFn, sched: Schedule, key, shape, *, variance: str = "beta",
-                prediction: str = "eps", clip_x0: bool = False, return_trajectory: bool = False,
-                dtype=jnp.float32):
+def ddpm_sample(
+    model_fn: ModelFn,
+    sched: Schedule,
+    key,
+    shape,
+    *,
+    variance: str = "beta",
+    prediction: str = "eps",
+    clip_x0: bool = False,
+    return_trajectory: bool = False,
+    dtype=jnp.float32,
+):
     """Ancestral DDPM sampling: x_T ~ N(0, I), then x_{t−1} ~ p_θ(x_{t−1} | x_t) for t = T..1.
 
     One ``lax.scan`` over the step of ``make_ddpm_step`` (see there and ``p_reverse`` for
@@ -215,8 +245,9 @@ def ddpm_sample(model_fn: ModelFn, sched: Schedule, key, shape, *, variance: str
     (T+1, *shape) whose row t is x_t (row T is the prior draw x_T, row 0 the sample).
     """
     shape = _check_shape(shape)
-    step = make_ddpm_step(model_fn, sched, variance=variance, prediction=prediction,
-                          clip_x0=clip_x0)
+    step = make_ddpm_step(
+        model_fn, sched, variance=variance, prediction=prediction, clip_x0=clip_x0
+    )
 
     def run(key):
         prior_key, steps_key = jax.random.split(key)
@@ -230,8 +261,18 @@ def ddpm_sample(model_fn: ModelFn, sched: Schedule, key, shape, *, variance: str
     return jax.jit(run)(key)
 
 
-def ddpm_denoise(model_fn: ModelFn, sched: Schedule, key, x_t, t_start: int, *, t_end: int = 0,
-                 variance: str = "beta", prediction: str = "eps", clip_x0: bool = False):
+def ddpm_denoise(
+    model_fn: ModelFn,
+    sched: Schedule,
+    key,
+    x_t,
+    t_start: int,
+    *,
+    t_end: int = 0,
+    variance: str = "beta",
+    prediction: str = "eps",
+    clip_x0: bool = False,
+):
     """Runs the ancestral steps t = t_start..t_end+1, taking x_{t_start} to x_{t_end}.
 
     x_t: (B, *event); 0 ≤ t_end < t_start ≤ T (Python ints). ``key`` is a steps key: the step
@@ -240,22 +281,33 @@ def ddpm_denoise(model_fn: ModelFn, sched: Schedule, key, x_t, t_start: int, *, 
     """
     _check_step_range(t_start, t_end, sched.T)
     _check_x_t(x_t)
-    step = make_ddpm_step(model_fn, sched, variance=variance, prediction=prediction,
-                          clip_x0=clip_x0)
+    step = make_ddpm_step(
+        model_fn, sched, variance=variance, prediction=prediction, clip_x0=clip_x0
+    )
     run = jax.jit(lambda x, key: _scan_steps(step, x, key, t_start, t_start - t_end, False)[0])
     return run(x_t, key)
 
 
-def ddpm_sample_loop(model_fn: ModelFn, sched: Schedule, key, shape, *, variance: str = "beta",
-                     prediction: str = "eps", clip_x0: bool = False, dtype=jnp.float32):
+def ddpm_sample_loop(
+    model_fn: ModelFn,
+    sched: Schedule,
+    key,
+    shape,
+    *,
+    variance: str = "beta",
+    prediction: str = "eps",
+    clip_x0: bool = False,
+    dtype=jnp.float32,
+):
     """Baseline: the same jitted step as ``ddpm_sample``, driven by a Python loop over t.
 
     Exists only to benchmark ``lax.scan`` against a host loop (one dispatch per step); it
     returns the same x_0 as ``ddpm_sample`` for the same key. Prefer ``ddpm_sample``.
     """
     shape = _check_shape(shape)
-    step = make_ddpm_step(model_fn, sched, variance=variance, prediction=prediction,
-                          clip_x0=clip_x0)
+    step = make_ddpm_step(
+        model_fn, sched, variance=variance, prediction=prediction, clip_x0=clip_x0
+    )
     prior_key, steps_key = jax.random.split(key)
     x = jax.random.normal(prior_key, shape, dtype)
     for t in range(sched.T, 0, -1):  # deliberate host loop: this is the baseline
@@ -263,9 +315,18 @@ def ddpm_sample_loop(model_fn: ModelFn, sched: Schedule, key, shape, *, variance
     return x
 
 
-def ddpm_sample_chunks(model_fn: ModelFn, sched: Schedule, key, shape, *, chunk: int = 100,
-                       variance: str = "beta", prediction: str = "eps", clip_x0: bool = False,
-                       dtype=jnp.float32) -> Iterator[tuple[int, jax.Array]]:
+def ddpm_sample_chunks(
+    model_fn: ModelFn,
+    sched: Schedule,
+    key,
+    shape,
+    *,
+    chunk: int = 100,
+    variance: str = "beta",
+    prediction: str = "eps",
+    clip_x0: bool = False,
+    dtype=jnp.float32,
+) -> Iterator[tuple[int, jax.Array]]:
     """Ancestral sampling in compiled chunks of ``chunk`` steps, for progress bars.
 
     Yields (t, x_t) after each chunk: t = T − chunk, T − 2·chunk, …, finally (0, x_0); there
@@ -277,8 +338,9 @@ def ddpm_sample_chunks(model_fn: ModelFn, sched: Schedule, key, shape, *, chunk:
     shape = _check_shape(shape)
     if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (steps per compiled chunk), got {chunk!r}.")
-    step = make_ddpm_step(model_fn, sched, variance=variance, prediction=prediction,
-                          clip_x0=clip_x0)
+    step = make_ddpm_step(
+        model_fn, sched, variance=variance, prediction=prediction, clip_x0=clip_x0
+    )
     run_chunk = jax.jit(
         lambda x, key, t_start, n: _scan_steps(step, x, key, t_start, n, False)[0],
         static_argnums=3,
@@ -316,9 +378,15 @@ def ddim_timesteps(T: int, num_steps: int) -> np.ndarray:
     return np.floor(np.linspace(1.0, T, num_steps) + 0.5).astype(np.int32)
 
 
-def make_ddim_step(model_fn: ModelFn, sched: Schedule, *, eta: float = 0.0,
-                   prediction: str = "eps", clip_x0: bool = False,
-                   variance_output: bool = False):
+def make_ddim_step(
+    model_fn: ModelFn,
+    sched: Schedule,
+    *,
+    eta: float = 0.0,
+    prediction: str = "eps",
+    clip_x0: bool = False,
+    variance_output: bool = False,
+):
     """Builds the jitted DDIM step ``step(x_t, t, s, key) -> x_s`` for 0 ≤ s < t ≤ T.
 
     x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z,  σ = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s),
@@ -336,8 +404,9 @@ def make_ddim_step(model_fn: ModelFn, sched: Schedule, *, eta: float = 0.0,
         s = jnp.asarray(s, jnp.int32)
         t_batch = jnp.full((x_t.shape[0],), t, jnp.int32)
         output, _ = _split_output(model_fn(x_t, t_batch), variance_output)
-        x0, eps = predict_x0_eps(output, sched, x_t, t_batch, prediction=prediction,
-                                 clip_x0=clip_x0)
+        x0, eps = predict_x0_eps(
+            output, sched, x_t, t_batch, prediction=prediction, clip_x0=clip_x0
+        )
         ab_t, ab_s = sched.alpha_bars[t], sched.alpha_bars[s]
         var = eta**2 * (1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s)
         # max(·, 0): 1 − ᾱ_s − σ² is exactly 0 at s = 0 but may round below it.
@@ -350,10 +419,20 @@ def make_ddim_step(model_fn: ModelFn, sched: Schedule, *, eta: float = 0.0,
     return jax.jit(step)
 
 
-def ddim_sample(model_fn: ModelFn, sched: Schedule, key, shape, *, num_steps: int,
-                eta: float = 0.0, prediction: str = "eps", clip_x0: bool = False,
-                variance_output: bool = False, return_trajectory: bool = False,
-                dtype=jnp.float32):
+def ddim_sample(
+    model_fn: ModelFn,
+    sched: Schedule,
+    key,
+    shape,
+    *,
+    num_steps: int,
+    eta: float = 0.0,
+    prediction: str = "eps",
+    clip_x0: bool = False,
+    variance_output: bool = False,
+    return_trajectory: bool = False,
+    dtype=jnp.float32,
+):
     """DDIM sampling (Song et al., 2021) over the subsequence ``ddim_timesteps(T, num_steps)``.
 
     x_T ~ N(0, I) (prior_key), then the ``make_ddim_step`` update from τ_n = T down through
@@ -367,8 +446,14 @@ def ddim_sample(model_fn: ModelFn, sched: Schedule, key, shape, *, num_steps: in
     """
     shape = _check_shape(shape)
     taus = ddim_timesteps(sched.T, num_steps)
-    step = make_ddim_step(model_fn, sched, eta=eta, prediction=prediction, clip_x0=clip_x0,
-                          variance_output=variance_output)
+    step = make_ddim_step(
+        model_fn,
+        sched,
+        eta=eta,
+        prediction=prediction,
+        clip_x0=clip_x0,
+        variance_output=variance_output,
+    )
     ts = taus[::-1]
     ss = np.concatenate([ts[1:], np.zeros((1,), np.int32)])
 
@@ -426,8 +511,9 @@ def _check_step_range(t_start, t_end, T) -> None:
         if isinstance(value, bool) or not isinstance(value, int | np.integer):
             raise TypeError(f"{name} must be a Python int, got {type(value).__name__}.")
     if not 0 <= t_end < t_start <= T:
-        raise ValueError(f"need 0 <= t_end < t_start <= T = {T}, got t_start={t_start}, "
-                         f"t_end={t_end}.")
+        raise ValueError(
+            f"need 0 <= t_end < t_start <= T = {T}, got t_start={t_start}, t_end={t_end}."
+        )
 
 
 def _check_x_t(x) -> None:

@@ -29,6 +29,7 @@ from diffusion_jax._checks import check_choice
 
 NAME = "digits"
 NUM_LEVELS = 17  # pixel values 0..16
+num_levels = NUM_LEVELS  # alias
 IMAGE_SHAPE = (8, 8, 1)
 NUM_CLASSES = 10
 SPLITS = ("train", "test")

@@ -81,7 +81,7 @@ def how_to_prepare(name: str, data_dir: str | os.PathLike | None) -> str:
     dir_arg = f" DATA_DIR={data_dir}" if data_dir is not None else ""
     dir_flag = f" --data_dir {data_dir}" if data_dir is not None else ""
     return (
-        f"Prepare it once (needs the network and TensorFlow, installed by the target):\n"
+        f"Prepare it once (needs the network; `make data` also installs TensorFlow):\n"
         f"    make data DATASET={name}{dir_arg}\n"
         f"or  python -m diffusion_jax prepare --dataset {name}{dir_flag}\n"
         f"or use the embedded default data set 'digits' (8x8 digits shipped in the package, "
