@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_jax._checks import check_choice, check_floating, check_same_shape, is_concrete
 from diffusion_jax.gaussians import LOG_2PI, bernoulli_log_prob, gaussian_kl, gaussian_log_prob
@@ -343,5 +344,5 @@ def _check_num_samples(name, value) -> int:
 
 def _check_nonnegative(name, value):
     """Range check when the value is concrete (a traced warm-up weight cannot be checked)."""
-    if is_concrete(value) and jnp.any(jnp.asarray(value) < 0):
+    if is_concrete(value) and np.any(np.asarray(value) < 0):
         raise ValueError(f"{name} must be non-negative, got {value}.")

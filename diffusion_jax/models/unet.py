@@ -46,6 +46,11 @@ _tiny_init = nn.initializers.variance_scaling(1e-10, "fan_avg", "uniform")
 Dtype = Any
 
 
+def num_params(params) -> int:
+    """Total number of scalars in a parameter pytree (also works on ``jax.eval_shape`` output)."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
+
+
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0) -> jax.Array:
     """DDPM's sinusoidal timestep embedding, shape (*t.shape, dim), float32.
 

@@ -1,0 +1,1 @@
+"""Training: optax steps (single device, pmap, sharding), checkpoints, evaluation, the loop."""

@@ -1,0 +1,26 @@
+"""DDPM on the embedded 8×8 digits: the main job (`make train`), ≤ 10 minutes on a 2-core CPU."""
+
+from diffusion_jax.config_validation import base_config
+
+
+def get_config():
+    c = base_config("ddpm")
+    c.data.name = "digits"
+    c.data.batch_size = 64
+    c.model.ch = 32
+    c.model.ch_mult = (1, 2)
+    c.model.num_res_blocks = 1
+    c.model.attn_resolutions = (4,)
+    c.model.dropout = 0.0
+    c.diffusion.T = 1000
+    c.diffusion.loss = "l_simple"
+    c.diffusion.variance = "beta"
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 100
+    c.optim.decay = "cosine"
+    c.optim.ema_decay = 0.995
+    c.train.num_steps = 3000
+    c.train.eval_every = 1000
+    c.train.checkpoint_every = 500
+    c.eval.num_samples = 100
+    return c
