@@ -53,5 +53,6 @@ from diffusion_jax.samplers import (
     p_reverse,
 )
 from diffusion_jax.schedules import Schedule, cosine_schedule, linear_schedule, schedule_from_betas
+from diffusion_jax.vae import ActiveUnits, active_units, ae_loss, iwae_bound, vae_elbo
 
 __version__ = "0.1.0"
