@@ -132,7 +132,7 @@ def validate_config(config) -> None:
         check_choice("config.model.prediction", config.model.prediction, ("eps", "x0", "v"))
         if not 0.0 <= config.model.dropout < 1.0:
             raise ValueError(f"config.model.dropout must lie in [0, 1), got {config.model.dropout!r}.")
-        if config.eval.ddim_steps > config.diffusion.T:
+        if config.eval.sampler == "ddim" and config.eval.ddim_steps > config.diffusion.T:
             raise ValueError(f"config.eval.ddim_steps ({config.eval.ddim_steps}) must not exceed "
                              f"config.diffusion.T ({config.diffusion.T}).")
     else:

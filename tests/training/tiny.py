@@ -1,0 +1,37 @@
+"""Tiny configs for end-to-end tests: real code paths, seconds of compute."""
+
+from diffusion_jax.config_validation import base_config
+
+
+def tiny_config(model_kind: str = "ddpm", **overrides):
+    c = base_config(model_kind)
+    c.data.batch_size = 8
+    if model_kind == "ddpm":
+        c.model.ch = 8
+        c.model.ch_mult = (1, 2)
+        c.model.num_res_blocks = 1
+        c.model.attn_resolutions = (4,)
+        c.model.num_groups = 4
+        c.diffusion.T = 20
+    else:
+        c.model.hidden = (32,)
+        c.model.latent_dim = 2
+    c.optim.warmup_steps = 1
+    c.train.num_steps = 3
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.train.checkpoint_every = 2
+    c.eval.batch_size = 8
+    c.eval.max_examples = 16
+    c.eval.periodic_examples = 8
+    c.eval.elbo_chunk_size = 10
+    c.eval.num_samples = 4
+    c.eval.iwae_k = 8
+    c.eval.ddim_steps = 10
+    for dotted, value in overrides.items():
+        node = c
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
