@@ -1,8 +1,17 @@
 """The train state and the optax train step: single device, ``jax.pmap``, or ``jax.jit`` over a Mesh.
 
 One pure step function serves all three. Per-example PRNG keys are derived from the global
-example position (``split(fold_in(key, step), global_batch)``), so the same seed and global batch
-give the same update whatever the device count.
+example position (``split(fold_in(key, step), global_batch)[i]`` for example i of the global
+batch), so the same seed and global batch give the same update whatever the device count or
+process count. Exception: the U-Net's dropout draws one mask per call from the key of the
+first example it sees, so under ``pmap`` (one call per device) dropout > 0 differs with the
+device count; with "none" and "sharding" the whole global batch is one call and it does not.
+
+Multi-host (``jax.process_count() > 1``): only mode "sharding" is supported. Each process
+passes its own slice of the global batch (``make_dataset(..., shard_index=process_index,
+shard_count=process_count)``); :class:`ParallelStep` assembles the global array with
+``jax.make_array_from_process_local_data`` over a Mesh whose devices are ordered by process,
+so process i's slice is rows [i·B/P, (i+1)·B/P) of the global batch, as in the pipeline.
 """
 
 from __future__ import annotations
@@ -44,7 +53,11 @@ def create_train_state(params, optimizer: optax.GradientTransformation, rng) -> 
 
 
 def example_keys(rng, step, global_batch: int, start=0, count=None):
-    """Keys of examples [start, start + count) of the global batch at ``step``: typed (count,)."""
+    """Keys of examples [start, start + count) of the global batch at ``step``: typed (count,).
+
+    Key of global example i at step s: ``split(fold_in(rng, s), global_batch)[i]``. It depends
+    only on (rng, s, global_batch, i), never on the device or process that holds example i.
+    """
     keys = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(rng), step), global_batch)
     if count is None:
         return keys
@@ -90,55 +103,170 @@ def make_train_step(loss_fn, optimizer, *, ema_decay: float, global_batch: int,
     return train_step
 
 
+def make_multi_step(train_step, num_steps: int):
+    """``num_steps`` train steps in one compiled call, as a ``lax.scan`` over micro-batches.
+
+    Returns ``multi_step(state, batches) -> (state, metrics)``: every leaf of ``batches`` has a
+    leading axis of length k = ``num_steps`` (batch j is ``tree.map(lambda x: x[j], batches)``)
+    and every metric comes back stacked, shape (k,). Equal to k calls of ``train_step`` (the
+    scan carries the state, so the step counter and per-example keys advance as usual); it
+    saves k − 1 host round trips and dispatches.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
+    num_steps = int(num_steps)
+
+    def multi_step(state, batches):
+        for path, leaf in jax.tree.leaves_with_path(batches):
+            if np.ndim(leaf) < 1 or np.shape(leaf)[0] != num_steps:
+                raise ValueError(
+                    f"make_multi_step({num_steps}): batch leaf {jax.tree_util.keystr(path)} has "
+                    f"shape {np.shape(leaf)}; expected a leading axis of {num_steps} micro-batches.")
+        return jax.lax.scan(train_step, state, batches)
+
+    return multi_step
+
+
+def _process_ordered(devices) -> list:
+    """Devices sorted by (process, id): process i's devices form one contiguous block."""
+    return sorted(devices, key=lambda d: (d.process_index, d.id))
+
+
 class ParallelStep:
     """Places state and batches for a parallel mode and runs the compiled step.
 
     mode "none": ``jax.jit`` on one device; "sharding": ``jax.jit`` over a 1-D Mesh with the
-    batch sharded on axis "data" and the state replicated (the multi-host path); "pmap":
+    batch sharded on axis "data" and the state replicated (also multi-host); "pmap":
     ``jax.pmap`` with a replicated state and gradients averaged over the "batch" axis.
+
+    Args:
+      train_step_factory: ``factory(axis_name) -> train_step`` (axis_name is "batch" for pmap,
+        else None), e.g. ``functools.partial(make_train_step, loss_fn, optimizer, ...)``.
+      mode: one of ``PARALLEL_MODES``.
+      global_batch: B, examples per step over all devices and processes (``data.batch_size``);
+        must be divisible by the device count (checked here, before anything compiles).
+      devices: the devices to use (default: all, ``jax.devices()``); "none" uses the first.
+      steps_per_call: k > 1 runs k steps per call (:func:`make_multi_step`); batches then have a
+        leading axis k, (k, b, ...), and metrics come back stacked, shape (k,).
+
+    Batches passed to ``__call__`` hold this process's examples: the whole global batch in a
+    single process, rows [i·B/P, (i+1)·B/P) of it in process i of P.
     """
 
-    def __init__(self, train_step_factory, *, mode: str, global_batch: int, devices=None):
+    def __init__(self, train_step_factory, *, mode: str, global_batch: int, devices=None,
+                 steps_per_call: int = 1):
         check_choice("train.parallel", mode, PARALLEL_MODES)
+        if isinstance(global_batch, bool) or not isinstance(global_batch, int | np.integer) or (
+                global_batch < 1):
+            raise ValueError(f"global_batch must be a positive int, got {global_batch!r}.")
+        if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int | np.integer) or (
+                steps_per_call < 1):
+            raise ValueError(f"steps_per_call must be a positive int, got {steps_per_call!r}.")
         self.mode = mode
-        self.devices = list(devices if devices is not None else jax.devices())
+        self.global_batch = int(global_batch)
+        self.steps_per_call = int(steps_per_call)
+        self.process_count = jax.process_count()
+        devices = list(devices if devices is not None else jax.devices())
+        if not devices:
+            raise ValueError("devices must not be empty.")
+        if self.process_count > 1:
+            if mode != "sharding":
+                raise ValueError(
+                    f"train.parallel={mode!r} runs on one process, but this job has "
+                    f"{self.process_count} processes; use train.parallel='sharding' (jit over a "
+                    f"Mesh of all processes' devices) for multi-host training.")
+            devices = _process_ordered(devices)
+            per_process = {}
+            for d in devices:
+                per_process[d.process_index] = per_process.get(d.process_index, 0) + 1
+            if len(per_process) != self.process_count or len(set(per_process.values())) != 1:
+                raise ValueError(
+                    f"multi-host sharding needs the same number of devices from every one of the "
+                    f"{self.process_count} processes; got {per_process} devices per process.")
         if mode == "none":
-            self.devices = self.devices[:1]
-        n = len(self.devices)
-        if global_batch % n:
+            devices = devices[:1]
+        self.devices = devices
+        n = len(devices)
+        if self.global_batch % n:
             raise ValueError(
-                f"data.batch_size={global_batch} (the global batch) must be divisible by the "
+                f"data.batch_size={self.global_batch} (the global batch) must be divisible by the "
                 f"device count {n}; choose a multiple of {n}."
             )
         self.num_devices = n
+        self.local_batch = self.global_batch // self.process_count
+
+        def build(axis_name):
+            step = train_step_factory(axis_name=axis_name)
+            return make_multi_step(step, self.steps_per_call) if self.steps_per_call > 1 else step
+
         if mode == "pmap":
-            self._step = jax.pmap(train_step_factory(axis_name="batch"), axis_name="batch",
-                                  devices=self.devices, donate_argnums=0)
+            self._step = jax.pmap(build("batch"), axis_name="batch", devices=self.devices,
+                                  donate_argnums=0)
         else:
             self.mesh = Mesh(np.array(self.devices), ("data",))
             self.replicated = NamedSharding(self.mesh, PartitionSpec())
-            self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
-            self._step = jax.jit(train_step_factory(axis_name=None), donate_argnums=0,
+            # With k steps per call the batch axis is axis 1: (k, B, ...).
+            spec = PartitionSpec("data") if self.steps_per_call == 1 else PartitionSpec(None, "data")
+            self.batch_sharding = NamedSharding(self.mesh, spec)
+            self._step = jax.jit(build(None), donate_argnums=0,
                                  out_shardings=(self.replicated, self.replicated))
 
     def put_state(self, state: TrainState) -> TrainState:
-        """Host (or any) state -> device layout of this mode."""
+        """Host (or any single-copy) state -> device layout of this mode.
+
+        Every process must pass the same values (they are the replicas of the state).
+        """
+        host = jax.tree.map(np.asarray, state)
         if self.mode == "pmap":
             stacked = jax.tree.map(
-                lambda x: np.broadcast_to(np.asarray(x), (self.num_devices,) + np.shape(x)), state)
+                lambda x: np.broadcast_to(x, (self.num_devices,) + x.shape), host)
             return jax.pmap(lambda x: x, devices=self.devices)(stacked)
-        return jax.device_put(state, self.replicated)
+        # make_array_from_callback also builds arrays that span other processes' devices.
+        return jax.tree.map(
+            lambda x: jax.make_array_from_callback(x.shape, self.replicated, lambda idx: x[idx]),
+            host)
+
+    def _check_batch(self, batch) -> None:
+        axis = 0 if self.steps_per_call == 1 else 1
+        for path, leaf in jax.tree.leaves_with_path(batch):
+            shape = np.shape(leaf)
+            ok = len(shape) > axis and shape[axis] == self.local_batch and (
+                axis == 0 or shape[0] == self.steps_per_call)
+            if not ok:
+                where = (f"this process's share of the global batch {self.global_batch} over "
+                         f"{self.process_count} processes" if self.process_count > 1
+                         else "the global batch")
+                lead = f"({self.steps_per_call}, {self.local_batch}, ...)" if axis else (
+                    f"({self.local_batch}, ...)")
+                raise ValueError(
+                    f"batch leaf {jax.tree_util.keystr(path)} has shape {shape}; expected {lead}: "
+                    f"{where}.")
 
     def put_batch(self, batch):
+        """This process's batch (numpy) -> the device layout of this mode."""
+        self._check_batch(batch)
         if self.mode == "pmap":
-            return jax.tree.map(lambda x: np.reshape(x, (self.num_devices, -1) + x.shape[1:]), batch)
-        return jax.device_put(batch, self.batch_sharding)
+            n, k = self.num_devices, self.steps_per_call
+            if k == 1:
+                return jax.tree.map(lambda x: np.reshape(x, (n, -1) + x.shape[1:]), batch)
+            # (k, B, ...) -> (n, k, B/n, ...): device d gets rows [d·B/n, (d+1)·B/n) of each.
+            return jax.tree.map(
+                lambda x: np.swapaxes(np.reshape(x, (k, n, -1) + x.shape[2:]), 0, 1), batch)
+        axis = 0 if self.steps_per_call == 1 else 1
+
+        def assemble(x):
+            x = np.asarray(x)
+            shape = list(x.shape)
+            shape[axis] = self.global_batch
+            return jax.make_array_from_process_local_data(self.batch_sharding, x, tuple(shape))
+
+        return jax.tree.map(assemble, batch)
 
     def host_state(self, state: TrainState) -> TrainState:
         """Device state -> one numpy copy (what checkpoints and evaluation use)."""
         if self.mode == "pmap":
-            state = jax.tree.map(lambda x: x[0], state)
-        return jax.device_get(state)
+            return jax.device_get(jax.tree.map(lambda x: x[0], state))
+        return jax.tree.map(_fetch, state)
 
     def __call__(self, state, batch):
         state, metrics = self._step(state, self.put_batch(batch))
@@ -147,9 +275,40 @@ class ParallelStep:
         return state, metrics
 
 
+def _fetch(x) -> np.ndarray:
+    """One host copy of an array, also when it spans other processes' devices."""
+    if not isinstance(x, jax.Array):
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_shards[0].data)
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def assert_synced(state) -> None:
-    """Raises AssertionError unless every replica of a pmap-replicated pytree is identical."""
-    for leaf in jax.tree.leaves(jax.device_get(state)):
-        leaf = np.asarray(leaf)
-        if leaf.ndim and not all(np.array_equal(leaf[0], leaf[i]) for i in range(1, leaf.shape[0])):
-            raise AssertionError("replicas diverged: a replicated leaf differs across devices")
+    """Raises AssertionError unless every replica of a replicated pytree is identical.
+
+    Leaves that are replicated ``jax.Array``s ("sharding" mode): every addressable copy is
+    compared, and with several processes the copies of all processes too. Other leaves
+    (pmap outputs, or numpy arrays stacked per replica): the slices along the leading axis.
+    """
+    multi = jax.process_count() > 1
+    for path, leaf in jax.tree.leaves_with_path(state):
+        name = jax.tree_util.keystr(path)
+        if isinstance(leaf, jax.Array) and leaf.is_fully_replicated:
+            copies = [np.asarray(s.data) for s in leaf.addressable_shards]
+            if not all(np.array_equal(copies[0], c) for c in copies[1:]):
+                raise AssertionError(f"replicas diverged: the copies of {name} differ across "
+                                     f"this process's devices")
+            if multi:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.assert_equal(
+                    copies[0], fail_message=f"replicas diverged: {name} differs across processes")
+            continue
+        arr = np.asarray(jax.device_get(leaf))
+        if arr.ndim and not all(np.array_equal(arr[0], arr[i]) for i in range(1, arr.shape[0])):
+            raise AssertionError(f"replicas diverged: {name} differs across devices")
