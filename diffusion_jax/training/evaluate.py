@@ -180,6 +180,7 @@ def sample_ddpm(model, params, sched, key, *, num_samples: int, image_shape, sam
     with tqdm(total=sched.T, desc="sampling", unit="step", disable=not progress) as bar:
         last = sched.T
         for t, x_t in chunks:
+            x_t.block_until_ready()  # dispatch is async: the bar must follow the real work
             bar.update(last - t)
             last, x = t, x_t
     return np.asarray(x)
