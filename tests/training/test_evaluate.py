@@ -8,6 +8,7 @@ import pytest
 import diffusion_jax as dj
 from diffusion_jax.data import pipeline
 from diffusion_jax.training import evaluate as eval_lib
+from diffusion_jax.training import trainer
 from diffusion_jax.training.builders import build_model
 from tests.training.tiny import tiny_config
 
@@ -16,8 +17,7 @@ from tests.training.tiny import tiny_config
 def tiny_model():
     config = tiny_config("ddpm")
     model = build_model(config, (8, 8, 1))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.ones((1,), jnp.int32),
-                        train=False)["params"]
+    params = trainer._init_params(model, config, (8, 8, 1), jax.random.key(0, impl="rbg"))
     return model, params, dj.linear_schedule(20)
 
 
