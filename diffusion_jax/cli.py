@@ -86,6 +86,9 @@ def _dispatch(command, FLAGS) -> None:
 
     config = FLAGS.config
     if command == "train":
+        from diffusion_jax.training.distributed import maybe_initialize_from_config
+
+        maybe_initialize_from_config(config)
         summary = trainer.train_and_evaluate(config, FLAGS.workdir, progress=FLAGS.progress)
         if summary.get("stopped"):
             print(f"stopped by {summary['stopped']} at step {summary['step']}; checkpoint saved. "

@@ -36,6 +36,7 @@ def base_config(model_kind: str = "ddpm") -> ml_collections.ConfigDict:
         c.model.num_groups = 8
         c.model.prediction = "eps"
         c.model.learned_variance = False
+        c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params and optimizer
     else:
         c.model.kind = "mlp"
         c.model.latent_dim = 2
@@ -76,6 +77,12 @@ def base_config(model_kind: str = "ddpm") -> ml_collections.ConfigDict:
     c.train.max_consecutive_skips = 20
     c.train.parallel = "none"  # none, sharding (jit over a Mesh) or pmap
     c.train.allow_config_change = False
+
+    # Multi-host: "" / 0 / -1 mean "read JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID".
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 100
@@ -130,6 +137,7 @@ def validate_config(config) -> None:
         check_choice("config.diffusion.variance", config.diffusion.variance,
                      ("beta", "beta_tilde", "learned"))
         check_choice("config.model.prediction", config.model.prediction, ("eps", "x0", "v"))
+        check_choice("config.model.dtype", config.model.dtype, ("float32", "bfloat16"))
         if not 0.0 <= config.model.dropout < 1.0:
             raise ValueError(f"config.model.dropout must lie in [0, 1), got {config.model.dropout!r}.")
         if config.eval.sampler == "ddim" and config.eval.ddim_steps > config.diffusion.T:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from diffusion_jax._checks import check_choice
 from diffusion_jax.models import VAE, AutoEncoder, UNet
 from diffusion_jax.schedules import cosine_schedule, linear_schedule
@@ -27,6 +29,7 @@ def build_model(config, image_shape):
             attn_resolutions=tuple(m.attn_resolutions), mid_attention=m.mid_attention,
             num_heads=m.num_heads, dropout=m.dropout, num_groups=m.num_groups,
             prediction=m.prediction, learned_variance=m.learned_variance,
+            dtype=jnp.dtype(m.get("dtype", "float32")),
         )
         unet.check_image_shape(image_shape[0], image_shape[1])
         return unet

@@ -1,4 +1,4 @@
-"""The train state and the optax train step: single device, ``jax.pmap``, or ``jax.jit`` over a Mesh.
+"""The train state and the optax train step: one device, ``jax.pmap``, or ``jax.jit`` over a Mesh.
 
 One pure step function serves all three. Per-example PRNG keys are derived from the global
 example position (``split(fold_in(key, step), global_batch)[i]`` for example i of the global
@@ -93,7 +93,7 @@ def make_train_step(loss_fn, optimizer, *, ema_decay: float, global_batch: int,
         ema_params = jax.tree.map(
             lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
             state.ema_params, params)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                        skipped=1 - finite.astype(jnp.int32),
                        consecutive_skips=opt_state.notfinite_count)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -121,7 +121,8 @@ def make_multi_step(train_step, num_steps: int):
             if np.ndim(leaf) < 1 or np.shape(leaf)[0] != num_steps:
                 raise ValueError(
                     f"make_multi_step({num_steps}): batch leaf {jax.tree_util.keystr(path)} has "
-                    f"shape {np.shape(leaf)}; expected a leading axis of {num_steps} micro-batches.")
+                    f"shape {np.shape(leaf)}; expected a leading axis of {num_steps} "
+                    f"micro-batches.")
         return jax.lax.scan(train_step, state, batches)
 
     return multi_step
@@ -206,7 +207,10 @@ class ParallelStep:
             self.mesh = Mesh(np.array(self.devices), ("data",))
             self.replicated = NamedSharding(self.mesh, PartitionSpec())
             # With k steps per call the batch axis is axis 1: (k, B, ...).
-            spec = PartitionSpec("data") if self.steps_per_call == 1 else PartitionSpec(None, "data")
+            if self.steps_per_call == 1:
+                spec = PartitionSpec("data")
+            else:
+                spec = PartitionSpec(None, "data")
             self.batch_sharding = NamedSharding(self.mesh, spec)
             self._step = jax.jit(build(None), donate_argnums=0,
                                  out_shardings=(self.replicated, self.replicated))

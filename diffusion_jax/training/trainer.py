@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import platform
 import signal
 import subprocess
@@ -50,6 +51,7 @@ def config_fingerprint(config) -> str:
         for part in key.split("."):
             value = value[part]
         parts[key] = value.to_dict() if hasattr(value, "to_dict") else value
+    parts["model"].pop("dtype", None)  # compute dtype only: the parameters are float32 either way
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -128,9 +130,11 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = config
-    (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    main_process = jax.process_index() == 0  # only it writes logs and figures; all checkpoint
     info = run_info(cfg)
-    (workdir / "run_info.json").write_text(json.dumps(info, indent=2))
+    if main_process:
+        (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        (workdir / "run_info.json").write_text(json.dumps(info, indent=2))
 
     process_index, process_count = jax.process_index(), jax.process_count()
     train_ds = data_pipeline.make_dataset(
@@ -201,9 +205,10 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
 
     stopped = None
     last_metrics = {}
-    with _SignalFlag() as signals, metrics_path.open("a") as metrics_file, tqdm(
+    metrics_target = metrics_path if main_process else os.devnull
+    with _SignalFlag() as signals, open(metrics_target, "a") as metrics_file, tqdm(
         total=num_steps, initial=start_step, desc=f"train {cfg.model_kind}", unit="step",
-        disable=not progress, dynamic_ncols=True,
+        disable=not (progress and main_process), dynamic_ncols=True,
     ) as bar:
         step = start_step
         while step < num_steps:
@@ -232,9 +237,10 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
                 metrics_file.flush()
             if step % cfg.train.checkpoint_every == 0 or step == num_steps:
                 save(step)
-            if signals.received:
-                save(step)
-                stopped = signals.received
+            if _any_process(signals.received):
+                if ckpt.latest_step() != step:  # this step may have been saved just above
+                    save(step)
+                stopped = signals.received or "a signal on another process"
                 break
 
     train_time = time.time() - t_start
@@ -260,6 +266,15 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     ckpt.close()
     return summary
+
+
+def _any_process(flag) -> bool:
+    """True if ``flag`` is set on any process (a signal may reach only some of them)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.max(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 
 def _check_batch(batch, step) -> None:
