@@ -58,6 +58,7 @@ def run(argv=None) -> None:
     def main(_):
         FLAGS = flags.FLAGS
         logging.getLogger("absl").setLevel(logging.WARNING)
+        logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'"
         if command == "prepare":
             from diffusion_jax.data import tfds_data
 
