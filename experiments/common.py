@@ -91,10 +91,19 @@ class Report:
         self.data: dict = {"experiment": args.name, "seed": args.seed, "quick": args.quick}
         self.figures: list[Path] = []
         self._reused_from = len(REUSED_RUNS)
+        self._restored: dict | None = None
 
     @property
     def command(self) -> str:
+        if self._restored:
+            return self._restored["command"]
         return shlex.join(["python", "-m", f"experiments.{self.args.name}", *self.args.argv])
+
+    def restore(self, previous: dict) -> None:
+        """Re-render a report from a saved results.json: keep its command, wall time, date, git."""
+        self._restored = previous
+        self.data.update({k: v for k, v in previous.items()
+                          if k in ("seed", "quick", "reused_runs", "date", "git")})
 
     def add(self, text: str) -> None:
         self.sections.append(text.strip("\n"))
@@ -110,21 +119,28 @@ class Report:
         self.add(f"![{caption}]({rel})\n\n*{caption}* (`{rel}`)")
 
     def write(self) -> dict:
-        wall = time.time() - self.start
+        old = self._restored
+        wall = old["wall_seconds"] if old else time.time() - self.start
         self.data["wall_seconds"] = wall
         self.data["command"] = self.command
         self.data["figures"] = [str(p) for p in self.figures]
+        self.data.setdefault("date", time.strftime("%Y-%m-%d %H:%M:%S"))
+        self.data.setdefault("git", git_commit())
+        quick = self.data.get("quick", self.args.quick)
         header = [
             f"# {self.title}",
             "",
             f"- command: `{self.command}`",
-            f"- seed: {self.args.seed}"
-            + ("  (QUICK settings: smoke test only)" if self.args.quick else ""),
+            f"- seed: {self.data.get('seed', self.args.seed)}"
+            + ("  (QUICK settings: smoke test only)" if quick else ""),
             f"- wall time: {wall:.0f} s ({wall / 60:.1f} min)",
-            f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; git {git_commit()}; jax "
+            f"- date: {self.data['date']}; git {self.data['git']}; jax "
             f"{jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s))",
         ]
-        reused = REUSED_RUNS[self._reused_from:]
+        if old:
+            header.append(f"- report re-rendered from results.json on "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')} (same numbers, updated text)")
+        reused = self.data.get("reused_runs", []) if old else REUSED_RUNS[self._reused_from:]
         if reused:
             header.append(f"- reused finished training runs (their training time is not in the "
                           f"wall time): {', '.join(f'`{r}`' for r in reused)}")
