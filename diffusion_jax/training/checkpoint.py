@@ -63,9 +63,6 @@ class Checkpointer:
         earlier = [s for s in self.all_steps() if s < step]
         return earlier[-1] if earlier else None
 
-    def read_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def restore_latest(self, abstract_state):
         """Restores the newest readable checkpoint: (step, state, data_state, meta) or None.
 
