@@ -14,6 +14,7 @@ from diffusion_jax.elbo import (
     per_example_noise,
     prior_kl,
     sample_timesteps,
+    summed_gaussian_kl,
 )
 from diffusion_jax.forward import (
     constant_coefficient_chain,

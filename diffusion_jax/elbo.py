@@ -49,6 +49,21 @@ def flatten_events(like, *arrays):
     return tuple(jnp.broadcast_to(a, shape).reshape(shape[0], -1) for a in arrays)
 
 
+def summed_gaussian_kl(like, mean1, var1, mean2, var2):
+    """Σ over events of KL(N(mean1, var1) ‖ N(mean2, var2)) per example: (B,).
+
+    The same sum as ``gaussian_kl(...)`` summed over ``like``'s event axes (arguments broadcast
+    against ``like``, shape (B, *event)), but the variance-only part ½[log(var2/var1) + var1/var2
+    − 1] is evaluated on the variances' own shapes before broadcasting: with per-timestep scalar
+    variances (the usual DDPM case) that saves two logs per element.
+    """
+    var1, var2 = jnp.asarray(var1), jnp.asarray(var2)
+    var_part = 0.5 * (jnp.log(var2) - jnp.log(var1) + var1 / var2 - 1.0)
+    (var_part,) = flatten_events(like, var_part)
+    m1, m2, v2 = flatten_events(like, mean1, mean2, var2)
+    return var_part.sum(-1) + 0.5 * (jnp.square(m1 - m2) / v2).sum(-1)
+
+
 def bits_per_dim(elbo_nats, num_dims: int):
     """bpd = −ELBO / (D · ln 2), with D the number of dimensions of one example."""
     if num_dims < 1:
@@ -116,7 +131,7 @@ def denoising_matching_term(reverse_fn: ReverseFn, sched: Schedule, x0, t, key):
     x_t = q_sample(sched, x0, t, jax.random.normal(key, x0.shape, x0.dtype))
     q = q_posterior(sched, x0, x_t, t)
     p = _reverse(reverse_fn, x_t, t)
-    return gaussian_kl(*flatten_events(x0, q.mean, q.var, p.mean, p.var)).sum(-1)
+    return summed_gaussian_kl(x0, q.mean, q.var, p.mean, p.var)
 
 
 def _sample_triple_ends(sched: Schedule, x0, t, key):
@@ -154,8 +169,7 @@ def consistency_term_as_printed(reverse_fn: ReverseFn, sched: Schedule, x0, t, k
     """
     x_prev, x_next = _sample_triple_ends(sched, x0, t, key)
     p = _reverse(reverse_fn, x_next, t + 1)
-    q_mean, p_mean, p_var = flatten_events(x0, jnp.sqrt(sched.alphas[t]) * x_prev, p.mean, p.var)
-    return gaussian_kl(q_mean, sched.betas[t], p_mean, p_var).sum(-1)
+    return summed_gaussian_kl(x0, jnp.sqrt(sched.alphas[t]) * x_prev, sched.betas[t], p.mean, p.var)
 
 
 def consistency_prior_term(sched: Schedule, x0, key):

@@ -163,6 +163,21 @@ def test_discretized_reconstruction_is_a_log_probability():
     assert float(out["prior_matching"][0]) >= 0.0
 
 
+@pytest.mark.parametrize("var_shape", ["scalar", "per_example", "full"])
+def test_summed_kl_equals_elementwise_kl_summed(var_shape):
+    """summed_gaussian_kl (variance part on the variances' own shapes) = Σ_events gaussian_kl."""
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(3), 4)
+    shape = (3, 4, 5, 1)
+    m1, m2 = jax.random.normal(k1, shape), jax.random.normal(k2, shape)
+    v_shape = {"scalar": (), "per_example": (3, 1, 1, 1), "full": shape}[var_shape]
+    v1 = jnp.exp(jax.random.normal(k3, v_shape))
+    v2 = jnp.exp(jax.random.normal(k4, v_shape))
+    expected = elbo_lib.sum_over_events(dj.gaussian_kl(m1, v1, m2, v2))
+    got = elbo_lib.summed_gaussian_kl(m1, m1, v1, m2, v2)
+    np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-5)
+    assert got.shape == (3,)
+
+
 def test_bits_per_dim():
     np.testing.assert_allclose(dj.bits_per_dim(-np.log(2) * 784 * 3.0, 784), 3.0, rtol=1e-6)
     with pytest.raises(ValueError, match="num_dims"):

@@ -14,7 +14,6 @@ from diffusion_jax import elbo as elbo_lib
 from diffusion_jax import vae as vae_lib
 from diffusion_jax._checks import check_choice
 from diffusion_jax.forward import q_posterior, q_sample
-from diffusion_jax.gaussians import gaussian_kl
 from diffusion_jax.samplers import p_reverse, predict_x0_eps
 from diffusion_jax.schedules import Schedule
 
@@ -71,7 +70,7 @@ def make_ddpm_loss(model, sched: Schedule, diff_cfg, *, num_levels: int):
         p = model_output_to_reverse(vlb_output, sched, x_t, t, prediction=prediction,
                                     variance=diff_cfg.variance, learned=learned)
         q = q_posterior(sched, x0, x_t, jnp.maximum(t, 2))  # t = 1 handled by the decoder below
-        kl = elbo_lib.sum_over_events(gaussian_kl(q.mean, q.var, p.mean, p.var))
+        kl = elbo_lib.summed_gaussian_kl(x0, q.mean, q.var, p.mean, p.var)
         nll0 = -elbo_lib.sum_over_events(elbo_lib.decoder_log_prob(
             x0, p.mean, p.var, decoder="discretized", num_levels=num_levels))
         term = jnp.where(t == 1, nll0, kl)
