@@ -61,7 +61,7 @@ class TinyEpsMLP(nn.Module):
 
 
 def build_net(name: str, *, dtype=jnp.float32, remat: bool = False):
-    """The bench's networks: "benchmark" (28×28×1, 1.54 M params), "digits", "tiny", "mlp"."""
+    """The bench's networks: "benchmark" (28×28×1, 1.54 M params), "digits", "tiny", "mlp", "mlp32"."""
     if name == "benchmark":
         return unet_benchmark(dtype=dtype, remat=remat)
     if name == "digits":
@@ -71,7 +71,9 @@ def build_net(name: str, *, dtype=jnp.float32, remat: bool = False):
                     num_heads=1, dropout=0.0, num_groups=2, dtype=dtype, remat=remat)
     if name == "mlp":
         return TinyEpsMLP()
-    raise ValueError(f"net must be one of benchmark, digits, tiny, mlp; got {name!r}.")
+    if name == "mlp32":  # the same MLP with 32 hidden units: per-t work far below one dispatch
+        return TinyEpsMLP(hidden=32)
+    raise ValueError(f"net must be one of benchmark, digits, tiny, mlp, mlp32; got {name!r}.")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -259,18 +261,21 @@ def sample_task(*, net: str, image_shape, batch: int, T: int, steps: int, reps: 
                  "s_per_image": loop_s / batch, "xla_memory": _memory(step_compiled)},
         "loop_over_scan": loop_s / scan_s,
         "max_abs_diff_scan_vs_loop": float(jnp.max(jnp.abs(scan_out - loop_out))),
+        # One ancestral step = one network call on the batch (+ a few elementwise ops).
+        "xla_flops_per_step": _cost_flops(step_compiled),
     }
 
 
 def elbo_task(*, net: str, image_shape, batch: int, T: int, T_timed: int, chunks, reps: int,
-              loop_reps: int) -> dict:
+              loop_reps: int, floor_parts: bool = False) -> dict:
     """The full-T ELBO: ``diffusion_elbo`` (chunked vmap over t) against a Python loop over t.
 
     The loop jits ``denoising_matching_term`` once with t as a traced argument and calls it for
     t = 2..T, plus the decoder (reconstruction) term and the prior KL, with the keys
     ``diffusion_elbo`` uses, so both give the same ELBO. With T_timed < T, both are timed on a
     linear schedule of T_timed steps (T_timed network evaluations instead of T, each of the same
-    size) and scaled by T / T_timed.
+    size) and scaled by T / T_timed. ``floor_parts`` also times the ELBO's unavoidable
+    arithmetic (all network calls in one batch, all noise draws) for the small networks.
     """
     model = build_net(net)
     sched = linear_schedule(T_timed)
@@ -315,6 +320,7 @@ def elbo_task(*, net: str, image_shape, batch: int, T: int, T_timed: int, chunks
     loop_times, loop_total = _time_reps(loop, loop_reps)
     loop_s = statistics.median(loop_times) * scale
     best_total = totals[int(best)]
+    floor = _elbo_floor(model, params, x0, key_terms, T_timed, reps) if floor_parts else None
     return {
         "net": net, "params": num_params(params), "batch": batch, "image_shape": list(image_shape),
         "T": T, "T_timed": T_timed, "extrapolated": T_timed != T, "scale": scale,
@@ -326,7 +332,27 @@ def elbo_task(*, net: str, image_shape, batch: int, T: int, T_timed: int, chunks
         "loop_over_best_chunked": loop_s / chunked[best]["s_per_elbo"],
         "max_abs_diff_chunked_vs_loop_nats": float(jnp.max(jnp.abs(best_total - loop_total))),
         "elbo_nats_mean": float(jnp.mean(best_total)),
+        "term_xla_flops": _cost_flops(term_c),
+        "floor": floor,
     }
+
+
+def _elbo_floor(model, params, x0, key_terms, T: int, reps: int) -> dict:
+    """The arithmetic no ELBO evaluation can skip, timed in one call each: the network on all
+    (T − 1)·B noisy inputs at once, and the (T − 1)·B·D normal draws (``fold_in`` per t)."""
+    ts = jnp.arange(2, T + 1)
+    n = ts.shape[0] * x0.shape[0]
+    x_all = jnp.broadcast_to(x0, (ts.shape[0], *x0.shape)).reshape(n, *x0.shape[1:])
+    t_all = jnp.repeat(ts, x0.shape[0]).astype(jnp.int32)
+    net = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, train=False))
+    noise = jax.jit(lambda k: jax.vmap(
+        lambda t: jax.random.normal(jax.random.fold_in(k, t), x0.shape, x0.dtype))(ts))
+    net_c, _ = _compile(net, params, x_all, t_all)
+    noise_c, _ = _compile(noise, key_terms)
+    net_times, _ = _time_reps(lambda: net_c(params, x_all, t_all), reps)
+    noise_times, _ = _time_reps(lambda: noise_c(key_terms), reps)
+    return {"network_s": statistics.median(net_times), "noise_s": statistics.median(noise_times),
+            "network_xla_flops": _cost_flops(net_c)}
 
 
 def peak_task(*, n: int, reps: int) -> dict:
@@ -337,6 +363,16 @@ def peak_task(*, n: int, reps: int) -> dict:
     _block(compiled(a, b))  # warm-up: first touch of the output buffers
     times, _ = _time_reps(lambda: compiled(a, b), reps)
     flops = 2.0 * n**3
+    # A 3×3 convolution as the U-Net uses them (64 → 64 channels, 28×28, batch 64, NHWC/HWIO).
+    x = jax.random.normal(jax.random.key(2), (64, 28, 28, 64), jnp.float32)
+    w = jax.random.normal(jax.random.key(3), (3, 3, 64, 64), jnp.float32)
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    conv_c, _ = _compile(conv, x, w)
+    _block(conv_c(x, w))
+    conv_times, _ = _time_reps(lambda: conv_c(x, w), reps)
+    conv_flops = 2.0 * 64 * 28 * 28 * 9 * 64 * 64
     return {"n": n, "reps": reps, "compile_s": compile_s, "times_s": times,
             "gflops_median": flops / statistics.median(times) / 1e9,
-            "gflops_best": flops / min(times) / 1e9}
+            "gflops_best": flops / min(times) / 1e9,
+            "conv3x3_gflops_median": conv_flops / statistics.median(conv_times) / 1e9}

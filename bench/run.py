@@ -49,19 +49,21 @@ SIZES = {
                        reps=3),
         "elbo": {
             "benchmark": dict(net="benchmark", image_shape=BENCH_SHAPE, batch=16, T=1000,
-                              T_timed=101, chunks=(25, 50, 100), reps=2, loop_reps=2),
+                              T_timed=101, chunks=(25, 50), reps=2, loop_reps=2),
             # The small-network target: digits as flat 64-vectors (an MLP's natural layout) ...
             "mlp": dict(net="mlp", image_shape=(64,), batch=16, T=1000, T_timed=1000,
-                        chunks=(50, 250, 1000), reps=3, loop_reps=3),
+                        chunks=(250, 1000), reps=5, loop_reps=3, floor_parts=True),
+            "mlp32": dict(net="mlp32", image_shape=(64,), batch=16, T=1000, T_timed=1000,
+                          chunks=(250, 1000), reps=5, loop_reps=3, floor_parts=True),
             # ... and the same network on 8×8×1 images: XLA CPU elementwise ops are far slower
             # on arrays whose minor dimension is 1.
             "mlp_8x8x1": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=16, T=1000, T_timed=1000,
-                              chunks=(50, 250, 1000), reps=3, loop_reps=3),
+                              chunks=(1000,), reps=3, loop_reps=3),
             "digits": dict(net="digits", image_shape=DIGITS_SHAPE, batch=16, T=1000,
-                           T_timed=201, chunks=(50, 100), reps=1, loop_reps=1),
+                           T_timed=201, chunks=(50,), reps=1, loop_reps=1),
         },
         "peak": dict(n=2048, reps=10),
-        "train_configs": [("none", 1), ("sharding", 2), ("pmap", 2), ("sharding", 8), ("pmap", 8)],
+        "train_configs": [("none", 1), ("sharding", 2), ("pmap", 2), ("sharding", 8)],
     },
     # The smoke test: every code path, the small MLP instead of the U-Net (fast compiles).
     "quick": {
@@ -71,7 +73,7 @@ SIZES = {
             "benchmark": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=2, T=1000, T_timed=9,
                               chunks=(8,), reps=1, loop_reps=1),
             "mlp": dict(net="mlp", image_shape=(64,), batch=4, T=50, T_timed=50,
-                        chunks=(25, 49), reps=2, loop_reps=2),
+                        chunks=(25, 49), reps=2, loop_reps=2, floor_parts=True),
         },
         "peak": dict(n=256, reps=3),
         "train_configs": [("none", 1), ("sharding", 2), ("pmap", 2)],

@@ -101,13 +101,35 @@ def test_targets_and_markdown(quick_results):
     res, md = quick_results
     ref = res["reference"]
     names = [t["name"] for t in res["targets"]]
-    assert len(names) == 7
+    assert len(names) == 7  # the quick sizes have no "mlp32" row
     for t in res["targets"]:
         assert _positive(t["ratio"]) and isinstance(t["met"], bool)
     train = res["targets"][0]
     assert train["ratio"] == pytest.approx(train["measured"] / ref["train_images_per_s"])
     sample = res["targets"][2]
     assert sample["ratio"] == pytest.approx(ref["sample_s_per_image"] / sample["measured"])
-    for heading in ("## Against the targets", "## Train step", "## Sampling", "## Full ELBO",
+    for heading in ("## Against the targets", "## What the targets ask of this CPU",
+                    "## Train step", "## Sampling", "## Full ELBO",
                     "## What moves the train-step number", "| measurement | ours |"):
         assert heading in md, heading
+
+
+def test_arithmetic_bounds(quick_results):
+    """Each bound: required FLOP/s = XLA FLOPs ÷ target time; best time = FLOPs ÷ measured peak."""
+    res, md = quick_results
+    ref, peak = res["reference"], res["matmul_peak_gflops"]
+    bounds = {b["name"].split(" (")[0]: b for b in res["bounds"]}
+    assert set(bounds) == {"train step", "1000-step sampling", "full T = 1000 ELBO"}
+    for b in bounds.values():
+        assert _positive(b["gflop"]) and _positive(b["ours_gflops"])
+        assert b["required_gflops"] == pytest.approx(b["gflop"] / b["target_s"])
+        assert b["best_s_at_peak"] == pytest.approx(b["gflop"] / peak)
+        assert b["required_over_peak"] == pytest.approx(b["required_gflops"] / peak)
+    train = bounds["train step"]
+    assert train["target_s"] == pytest.approx(res["train"][0]["batch"] / (1.5 * ref["train_images_per_s"]))
+    assert bounds["1000-step sampling"]["target_s"] == pytest.approx(ref["sample_s_per_image"] / 2)
+    assert bounds["full T = 1000 ELBO"]["target_s"] == pytest.approx(ref["elbo_s_per_image"] / 3)
+    assert _positive(res["conv3x3_gflops"])
+    floor = res["elbo"]["mlp"]["floor"]
+    assert _positive(floor["network_s"]) and _positive(floor["noise_s"])
+    assert "ELBO floor, mlp" in md
