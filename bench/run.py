@@ -52,9 +52,9 @@ SIZES = {
                               T_timed=101, chunks=(25, 50), reps=2, loop_reps=2),
             # The small-network target: digits as flat 64-vectors (an MLP's natural layout) ...
             "mlp": dict(net="mlp", image_shape=(64,), batch=16, T=1000, T_timed=1000,
-                        chunks=(250, 1000), reps=5, loop_reps=3, floor_parts=True),
+                        chunks=(250, 1000), reps=9, loop_reps=5, floor_parts=True),
             "mlp32": dict(net="mlp32", image_shape=(64,), batch=16, T=1000, T_timed=1000,
-                          chunks=(250, 1000), reps=5, loop_reps=3, floor_parts=True),
+                          chunks=(250, 1000), reps=9, loop_reps=5, floor_parts=True),
             # ... and the same network on 8×8×1 images: XLA CPU elementwise ops are far slower
             # on arrays whose minor dimension is 1.
             "mlp_8x8x1": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=16, T=1000, T_timed=1000,
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     parser.add_argument("--devices", type=int, default=1, help="--worker: forced host devices")
     parser.add_argument("--mode", choices=("none", "sharding", "pmap"), default="none")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--net", default="benchmark", help="--worker elbo: benchmark, mlp, digits")
+    parser.add_argument("--net", default="benchmark", help="--worker elbo: benchmark, mlp, mlp32, mlp_8x8x1, digits")
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--no-ynn", action="store_true", help="--worker: without the YNN flag")
     parser.add_argument("--xla-extra", default="", help="--worker: more XLA flags")
