@@ -119,7 +119,7 @@ def build_results(meta: dict, records: list[dict]) -> dict:
                                    "(loop/vmap)", best, small["loop"]["s_per_image"],
                                    small["loop_over_best_chunked"], 10.0, "s/image"))
     out["targets"] = targets
-    out["bounds"] = arithmetic_bounds(out, flops_1dev, peak_gflops)
+    out["bounds"] = arithmetic_bounds(out)
     _check_finite(out)
     return out
 
@@ -160,10 +160,13 @@ def _table(header, rows):
     return "\n".join(lines)
 
 
-def arithmetic_bounds(out: dict, train_flops, peak_gflops) -> list[dict]:
-    """What each PyTorch-relative target asks of this CPU: the FLOP/s it needs (XLA's count of
+def arithmetic_bounds(out: dict) -> list[dict]:
+    """What each speed target on the U-Net asks of this CPU: the FLOP/s it needs (XLA's count of
     the work ÷ the target time) against the float32 matmul peak measured in this run."""
     bounds = []
+    peak_gflops = out.get("matmul_peak_gflops")
+    one_device = next((r for r in out["train"] if r["devices"] == 1), None)
+    train_flops = one_device["flops_per_step"] if one_device else None
     if not peak_gflops:
         return bounds
 
@@ -197,6 +200,11 @@ def arithmetic_bounds(out: dict, train_flops, peak_gflops) -> list[dict]:
         bounds.append(row(f"full T = {big['T']} ELBO (batch {big['batch']})", per_image,
                           REFERENCE["elbo_s_per_image"] / 3.0, REFERENCE["elbo_s_per_image"],
                           ours, "image"))
+        # Our own baseline: the vmapped bound ≥ 2× the Python loop over t of the same term.
+        loop = big["loop"]["s_per_image"]
+        bounds.append(dict(row(f"full T = {big['T']} ELBO at 2× our Python loop", per_image,
+                               loop / 2.0, REFERENCE["elbo_s_per_image"], ours, "image"),
+                           reference_gflops=None))
     return bounds
 
 
@@ -213,8 +221,8 @@ def markdown(res: dict) -> str:
         f"optax {m['versions'].get('optax')}, Python {m['python']}.",
         f"Total runtime **{res['total_runtime_s']:.0f} s**. Load average (1/5/15 min) at the "
         f"start {' / '.join(f'{x:.2f}' for x in res['loadavg_start'])}, at the end "
-        f"{' / '.join(f'{x:.2f}' for x in res['loadavg_end'])} (a load above ~0.5 at the start "
-        "means another process shared the 2 cores).",
+        f"{' / '.join(f'{x:.2f}' for x in res['loadavg_end'])} (the bench itself keeps ~2 cores busy; "
+        "a 1-minute load above ~1 at the start means another process was competing).",
         f"Every worker runs with `XLA_FLAGS={res['base_xla_flags']}` (plus the forced host device "
         "count where more than 1 device) unless the table says otherwise. Times are wall-clock "
         "medians; compile time (trace + lower + compile) is reported apart and excluded.",
@@ -256,19 +264,21 @@ def markdown(res: dict) -> str:
                      "channels, 28×28, batch 64)" if conv else "") + ".", ""]
         rows = [[b["name"], f"{b['gflop']:,.1f} per {b['unit']}",
                  f"{b['target_s']:.3f} s", f"**{b['required_gflops']:.0f}**",
-                 f"{100 * b['required_over_peak']:.0f} %", f"{b['reference_gflops']:.0f}",
+                 f"{100 * b['required_over_peak']:.0f} %", _f(b["reference_gflops"], 0),
                  _f(b["ours_gflops"], 0), f"{b['best_s_at_peak']:.3f} s"]
                 for b in res["bounds"]]
         parts += [_table(["work", "XLA FLOPs", "target time", "GFLOP/s needed",
                           "of measured peak", "reference achieves", "ours achieves",
                           "time at 100 % of peak"], rows), ""]
-        over = [b for b in res["bounds"] if b["required_over_peak"] > 1.0]
+        over = [b for b in res["bounds"] if b["required_over_peak"] >= 0.98]
         if over:
-            parts += ["**" + ", ".join(b["name"] for b in over) + ": the target needs more "
-                      "float32 FLOP/s than this CPU's measured matmul peak**, so no float32 "
-                      "implementation of the reference's arithmetic (direct convolutions, every "
-                      "timestep) can meet it here; the reference itself runs at "
-                      + ", ".join(f"{100 * b['reference_gflops'] / peak:.0f} %" for b in over)
+            parts += ["**" + ", ".join(b["name"] for b in over) + ": the target needs all of "
+                      "this CPU's measured float32 matmul peak or more** (a network step is not "
+                      "one large matmul: it also has normalisation, activations and layout "
+                      "work), so no float32 implementation of the reference's arithmetic (direct "
+                      "convolutions, every timestep) can meet it here; the reference itself runs at "
+                      + ", ".join(f"{100 * b['reference_gflops'] / peak:.0f} %" for b in over
+                                  if b["reference_gflops"])
                       + " of that peak. Only doing less arithmetic (e.g. Winograd convolutions) "
                       "or cheaper arithmetic (bf16 dot products, which this CPU has) could; "
                       "XLA's CPU convolutions gain nothing from bf16 (see the variants).", ""]

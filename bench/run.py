@@ -263,6 +263,8 @@ def main(argv=None) -> int:
     stem = "results_quick" if args.quick and args.out is None else "results"
     if args.render_only:
         results = json.loads((out_dir / f"{stem}.json").read_text())
+        results["bounds"] = report.arithmetic_bounds(results)  # derived: refreshed with the text
+        (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
         (out_dir / f"{stem}.md").write_text(report.markdown(results))
         return 0
     timeout = args.timeout or (120.0 if args.quick else 600.0)

@@ -119,7 +119,8 @@ def test_arithmetic_bounds(quick_results):
     res, md = quick_results
     ref, peak = res["reference"], res["matmul_peak_gflops"]
     bounds = {b["name"].split(" (")[0]: b for b in res["bounds"]}
-    assert set(bounds) == {"train step", "1000-step sampling", "full T = 1000 ELBO"}
+    assert set(bounds) == {"train step", "1000-step sampling", "full T = 1000 ELBO",
+                           "full T = 1000 ELBO at 2× our Python loop"}
     for b in bounds.values():
         assert _positive(b["gflop"]) and _positive(b["ours_gflops"])
         assert b["required_gflops"] == pytest.approx(b["gflop"] / b["target_s"])
@@ -129,6 +130,8 @@ def test_arithmetic_bounds(quick_results):
     assert train["target_s"] == pytest.approx(res["train"][0]["batch"] / (1.5 * ref["train_images_per_s"]))
     assert bounds["1000-step sampling"]["target_s"] == pytest.approx(ref["sample_s_per_image"] / 2)
     assert bounds["full T = 1000 ELBO"]["target_s"] == pytest.approx(ref["elbo_s_per_image"] / 3)
+    assert bounds["full T = 1000 ELBO at 2× our Python loop"]["target_s"] == pytest.approx(
+        res["elbo"]["benchmark"]["loop"]["s_per_image"] / 2)
     assert _positive(res["conv3x3_gflops"])
     floor = res["elbo"]["mlp"]["floor"]
     assert _positive(floor["network_s"])
