@@ -136,3 +136,20 @@ def test_arithmetic_bounds(quick_results):
     floor = res["elbo"]["mlp"]["floor"]
     assert _positive(floor["network_s"])
     assert "ELBO floor, mlp" in md
+
+
+def test_winograd_probe_computes_the_same_convolution():
+    """bench/winograd_probe.py times a Winograd F(2×2, 3×3) convolution: it must be the same conv."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import jax
+        import numpy as np
+        from winograd_probe import direct_conv3x3, winograd_conv3x3
+    finally:
+        sys.path.pop(0)
+    for shape in ((2, 6, 6, 3), (1, 7, 5, 4)):  # even and odd sizes
+        x = jax.random.normal(jax.random.key(0), shape)
+        w = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], 5))
+        np.testing.assert_allclose(winograd_conv3x3(x, w), direct_conv3x3(x, w), atol=1e-4, rtol=1e-4)
+        grad = [jax.grad(lambda w, f=f, x=x: (f(x, w) ** 2).sum())(w) for f in (winograd_conv3x3, direct_conv3x3)]
+        np.testing.assert_allclose(grad[0], grad[1], rtol=1e-3, atol=1e-3)
