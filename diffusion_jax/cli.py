@@ -13,6 +13,9 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
+
+import numpy as np
 
 COMMANDS = ("train", "evaluate", "sample", "prepare")
 
@@ -100,28 +103,19 @@ def _dispatch(command, FLAGS) -> None:
     model, sched, params, image_shape, num_levels, step = trainer.load_trained(config, FLAGS.workdir)
     key = jax.random.key(FLAGS.seed)
     if command == "evaluate":
-        import numpy as np
-
         from diffusion_jax.data import pipeline
 
         images = pipeline.full_split(config.data.name, config.data.test_split,
                                      data_dir=config.data.data_dir or None,
                                      binarize=config.data.binarize)
-        if config.eval.max_examples:
-            images = images[: config.eval.max_examples]
-        report = trainer._final_eval(config, model, sched, params, np.asarray(images), key,
-                                     num_levels, __import__("pathlib").Path(FLAGS.workdir),
-                                     FLAGS.progress)
+        report = trainer.evaluate_test_split(config, model, sched, params, np.asarray(images),
+                                             key, num_levels, Path(FLAGS.workdir), FLAGS.progress)
         report["checkpoint_step"] = step
         print(json.dumps({k: v for k, v in report.items() if k != "per_t_bpd"}, indent=2))
         return
     if command == "sample":
         if FLAGS.num_samples < 1:
             raise SystemExit(f"error: --num_samples must be a positive int, got {FLAGS.num_samples}.")
-        from pathlib import Path
-
-        import numpy as np
-
         out_dir = Path(FLAGS.workdir) / "samples"
         if config.model_kind != "ddpm":
             raise SystemExit("error: sample supports model_kind 'ddpm'; VAE samples are in the "

@@ -253,7 +253,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
 
     summary = {"step": step, "train_seconds": train_time, "num_params": num_params,
                "final_train_metrics": last_metrics, "workdir": str(workdir)}
-    final = _final_eval(cfg, model, sched, host_state().ema_params, test_images, eval_key,
+    final = evaluate_test_split(cfg, model, sched, host_state().ema_params, test_images, eval_key,
                         num_levels, workdir, progress)
     summary["eval"] = final
     record = evaluate_and_sample(step, final=True)
@@ -308,7 +308,12 @@ def _sample_grid(cfg, model, sched, params, key, image_shape, *, progress):
                                 ddim_steps=cfg.eval.ddim_steps, clip_x0=True, progress=progress)
 
 
-def _final_eval(cfg, model, sched, params, test_images, key, num_levels, workdir, progress):
+def evaluate_test_split(cfg, model, sched, params, test_images, key, num_levels, workdir,
+                        progress):
+    """The end-of-run evaluation of ``cfg.model_kind`` on ``test_images`` (the first
+    ``cfg.eval.max_examples`` if set): the full-T ELBO for a DDPM (resumable through
+    ``workdir/eval_partial.npz``, with the per-t plot), −ELBO and IWAE for a VAE, reconstruction
+    error for an AE. Returns the metrics dict."""
     images = np.asarray(test_images, np.float32)
     if cfg.eval.max_examples:
         images = images[: cfg.eval.max_examples]
