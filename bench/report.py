@@ -208,6 +208,14 @@ def arithmetic_bounds(out: dict) -> list[dict]:
     return bounds
 
 
+def targets_table(res: dict) -> str:
+    """The markdown table of every target: ours, the reference, the ratio, met or not."""
+    rows = [[t["name"], f"{_f(t['measured'], 3)} {t['unit']}", f"{_f(t['reference'], 3)}",
+             f"{t['ratio']:.2f}×", f"≥ {t['target_ratio']}×", "**yes**" if t["met"] else "no"]
+            for t in res["targets"]]
+    return _table(["measurement", "ours", "reference", "ratio", "target", "met"], rows)
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     quick = res["mode"] == "quick"
@@ -241,12 +249,7 @@ def markdown(res: dict) -> str:
 
     ref = res["reference"]
     parts += [f"## Against the targets (reference: {ref['source']})", ""]
-    rows = []
-    for t in res["targets"]:
-        rows.append([t["name"], f"{_f(t['measured'], 3)} {t['unit']}",
-                     f"{_f(t['reference'], 3)}", f"{t['ratio']:.2f}×", f"≥ {t['target_ratio']}×",
-                     "**yes**" if t["met"] else "no"])
-    parts += [_table(["measurement", "ours", "reference", "ratio", "target", "met"], rows), "",
+    parts += [targets_table(res), "",
               "Ratios: images/s ours ÷ reference for training; reference ÷ ours (a speed-up) for "
               "s/image; for our own baselines the Python loop's time ÷ the compiled version's.",
               ""]

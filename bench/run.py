@@ -302,6 +302,7 @@ def main(argv=None) -> int:
     (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / f"{stem}.md").write_text(report.markdown(results))
     print(f"wrote {out_dir / (stem + '.json')} and {stem}.md in {total:.0f} s", file=sys.stderr)
+    print(report.targets_table(results))  # the headline on stdout; the details are in the .md
     return 1 if results["failures"] else 0
 
 

@@ -41,6 +41,8 @@ def quick_results(tmp_path_factory):
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # make bench prints the targets table (ELBO vmap vs loop among them) on stdout.
+    assert "| measurement | ours |" in proc.stdout and "ELBO chunked vmap vs Python loop" in proc.stdout
     return json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
 
 
