@@ -22,7 +22,6 @@ from diffusion_jax.gaussians import (
     Gaussian,
     discretized_gaussian_log_prob,
     expected_gaussian_log_prob,
-    gaussian_kl,
     gaussian_log_prob,
 )
 from diffusion_jax.schedules import Schedule
@@ -123,7 +122,7 @@ def reconstruction_term(reverse_fn: ReverseFn, sched: Schedule, x0, key, *, deco
 def prior_kl(sched: Schedule, x0):
     """KL(q(x_T | x_0) ‖ N(0, I)), summed over events: (B,) — the DDPM form's prior matching."""
     q = q_marginal(sched, x0, sched.T)
-    return sum_over_events(gaussian_kl(q.mean, q.var, 0.0, 1.0))
+    return summed_gaussian_kl(x0, q.mean, q.var, 0.0, 1.0)
 
 
 def denoising_matching_term(reverse_fn: ReverseFn, sched: Schedule, x0, t, key):
@@ -177,7 +176,7 @@ def consistency_prior_term(sched: Schedule, x0, key):
     T = sched.T
     x_prev = q_sample(sched, x0, T - 1, jax.random.normal(key, x0.shape, x0.dtype))
     mean = jnp.sqrt(sched.alphas[T]) * x_prev
-    return sum_over_events(gaussian_kl(mean, sched.betas[T], 0.0, 1.0))
+    return summed_gaussian_kl(x0, mean, sched.betas[T], 0.0, 1.0)
 
 
 def monte_carlo_elbo(reverse_fn: ReverseFn, sched: Schedule, x0, key, *, decoder: str,
