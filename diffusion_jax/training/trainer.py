@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffusion_jax.data import pipeline as data_pipeline
+from diffusion_jax.models import num_params
 from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training import plots
 from diffusion_jax.training.builders import build_model, build_schedule
@@ -154,7 +155,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     train_key, eval_key, sample_key = jax.random.split(root, 3)
     params = _init_params(model, cfg, image_shape, jax.random.key(cfg.seed, impl="rbg"))
     state = create_train_state(params, optimizer, train_key)
-    num_params = int(sum(np.size(p) for p in jax.tree.leaves(params)))
+    param_count = num_params(params)
 
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
     fingerprint = info["config_fingerprint"]
@@ -188,6 +189,8 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     def host_state():
         return step_fn.host_state(state)
 
+    periodic_eval = _make_periodic_eval(cfg, loss_fn)  # one compilation for every evaluation
+
     def save(step):
         ckpt.save(step, host_state(), batches.get_state(),
                   {"config_fingerprint": fingerprint, "model_kind": cfg.model_kind, "step": step})
@@ -195,7 +198,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     def evaluate_and_sample(step, final=False):
         hs = host_state()
         record = {"step": step}
-        record.update(_periodic_eval(cfg, model, loss_fn, hs.ema_params, test_images, eval_key))
+        record.update(periodic_eval(hs.ema_params, test_images, eval_key))
         if cfg.model_kind in ("ddpm", "vae"):
             grid = _sample_grid(cfg, model, sched, hs.ema_params, sample_key, image_shape,
                                 progress=progress and final)
@@ -251,10 +254,10 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         log.warning("received %s: saved checkpoint %d and stopped", stopped, step)
         return {"stopped": stopped, "step": step}
 
-    summary = {"step": step, "train_seconds": train_time, "num_params": num_params,
+    summary = {"step": step, "train_seconds": train_time, "num_params": param_count,
                "final_train_metrics": last_metrics, "workdir": str(workdir)}
     final = evaluate_test_split(cfg, model, sched, host_state().ema_params, test_images, eval_key,
-                        num_levels, workdir, progress)
+                                num_levels, workdir, progress)
     summary["eval"] = final
     record = evaluate_and_sample(step, final=True)
     summary["sample_grid"] = record.get("sample_grid")
@@ -283,16 +286,21 @@ def _check_batch(batch, step) -> None:
         raise ValueError(f"the batch at step {step} holds NaN or Inf pixel values; check the data.")
 
 
-def _periodic_eval(cfg, model, loss_fn, params, test_images, key) -> dict:
-    """A cheap test-split estimate: the training loss and its bits/dim on ≤ eval.max_examples."""
-    images = np.asarray(test_images[: cfg.eval.periodic_examples], np.float32)
-    keys = jax.random.split(key, images.shape[0])
+def _make_periodic_eval(cfg, loss_fn):
+    """(params, test_images, key) -> a cheap test-split estimate: the training loss and its
+    bits/dim on ≤ eval.periodic_examples. The metrics function is jitted once, here."""
     if cfg.model_kind == "vae":
         fn = jax.jit(lambda p, x, k: loss_fn(p, {"image": x}, k, False, step=10**9)[1])
     else:
         fn = jax.jit(lambda p, x, k: loss_fn(p, {"image": x}, k, False)[1])
-    m = _jsonable(jax.device_get(fn(params, images, keys)))
-    return {f"eval/{k}": v for k, v in m.items()}
+
+    def periodic_eval(params, test_images, key) -> dict:
+        images = np.asarray(test_images[: cfg.eval.periodic_examples], np.float32)
+        keys = jax.random.split(key, images.shape[0])
+        m = _jsonable(jax.device_get(fn(params, images, keys)))
+        return {f"eval/{k}": v for k, v in m.items()}
+
+    return periodic_eval
 
 
 def _sample_grid(cfg, model, sched, params, key, image_shape, *, progress):
