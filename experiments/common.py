@@ -27,11 +27,13 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffusion_jax.training import plots, trainer  # noqa: E402
+from diffusion_jax.training import evaluate, plots, trainer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_ROOT = REPO_ROOT / "experiments" / "results"
 RUNS_ROOT = Path("runs") / "experiments"
+# Mean and standard error (ddof = 1) of a sample, as the library's evaluations report them.
+mean_se = evaluate.mean_and_stderr
 REUSED_RUNS: list[str] = []  # finished runs reused by train_or_reuse (reported by Report.write)
 
 
@@ -184,15 +186,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
              "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def mean_se(values, axis=None):
-    """Mean and standard error of the mean (ddof = 1) of ``values`` along ``axis``."""
-    values = np.asarray(values, np.float64)
-    n = values.size if axis is None else values.shape[axis]
-    se = values.std(axis=axis, ddof=1) / math.sqrt(n) if n > 1 else np.full_like(
-        values.mean(axis=axis), np.nan)
-    return values.mean(axis=axis), se
 
 
 # ----------------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def run_ddpm(args, Ts, key) -> tuple[dict, dict]:
                 s["bias_se"] = float(math.sqrt(ref_var.mean() / len(ref)))
             else:
                 s = summarize(estimates[form], ref, ref_var)
-            s["bpd"] = -s["mean"] / (DIGITS_DIMS * math.log(2))
+            s["bpd"] = float(dj.bits_per_dim(s["mean"], DIGITS_DIMS))
             out[T][form] = s
         runs[T] = {"workdir": str(workdir), "train_seconds": summary.get("train_seconds"),
                    "steps": summary.get("step"), "sample_grid": summary.get("sample_grid"),

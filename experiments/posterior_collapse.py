@@ -16,7 +16,6 @@ latent size.
 from __future__ import annotations
 
 import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -118,7 +117,7 @@ def summarize(res: dict, K_max: int) -> dict:
     if len(Ks) > 1:  # how much L_K still rises between the two largest K (paired)
         s["last_rise"] = common.mean_se(res["iwae"][Ks[-1]] - res["iwae"][Ks[-2]])
     s["gap_by_K"] = {K: common.mean_se(v - elbo) for K, v in res["iwae"].items()}
-    s["nll_bpd"] = s["nll"] / (DIMS * math.log(2))
+    s["nll_bpd"] = float(dj.bits_per_dim(-s["nll"], DIMS))
     s["active_units"] = res["active_units"]
     s["kl_units"] = int(np.sum(res["kl_per_dim"] > KL_THRESHOLD))
     s["kl_per_dim"] = res["kl_per_dim"]

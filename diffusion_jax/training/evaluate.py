@@ -94,7 +94,8 @@ def ddpm_test_elbo(model, params, sched, images, key, *, batch_size: int, varian
     report = {"num_examples": n, "T": sched.T, "form": form}
     for k, v in results.items():
         if k == "per_t":
-            report["per_t_bpd"] = (v.mean(0) / (dims * math.log(2))).tolist()
+            # per_t holds loss terms (nats lost at each t): their bits/dim are those of −term.
+            report["per_t_bpd"] = np.asarray(elbo_lib.bits_per_dim(-v.mean(0), dims)).tolist()
             continue
         report[f"{k}_nats"], report[f"{k}_nats_se"] = mean_and_stderr(v)
     bpd = np.asarray(elbo_lib.bits_per_dim(results["total"], dims))
@@ -146,7 +147,7 @@ def vae_test_metrics(model, params, images, key, *, batch_size: int, iwae_k: int
     out = {"num_examples": int(elbo.size), "iwae_k": iwae_k}
     out["neg_elbo_nats"], out["neg_elbo_nats_se"] = mean_and_stderr(-elbo)
     out["iwae_nll_nats"], out["iwae_nll_nats_se"] = mean_and_stderr(-iwae)
-    out["bpd"], out["bpd_se"] = mean_and_stderr(-elbo / (dims * math.log(2)))
+    out["bpd"], out["bpd_se"] = mean_and_stderr(np.asarray(elbo_lib.bits_per_dim(elbo, dims)))
     return out
 
 
