@@ -90,9 +90,8 @@ def make_train_step(loss_fn, optimizer, *, ema_decay: float, global_batch: int,
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = opt_state.last_finite
-        ema_params = jax.tree.map(
-            lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
-            state.ema_params, params)
+        averaged = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)  # Polyak
+        ema_params = jax.tree.map(lambda a, e: jnp.where(finite, a, e), averaged, state.ema_params)
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                        skipped=1 - finite.astype(jnp.int32),
                        consecutive_skips=opt_state.notfinite_count)
