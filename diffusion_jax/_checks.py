@@ -19,6 +19,11 @@ def is_concrete(x) -> bool:
     return True
 
 
+def is_int(value) -> bool:
+    """True for a Python or numpy integer; False for bools (an int subclass) and everything else."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def check_choice(name: str, value, choices: Iterable[str]) -> None:
     """Raises ValueError naming ``name`` when ``value`` is not one of ``choices``."""
     choices = tuple(choices)

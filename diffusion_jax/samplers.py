@@ -32,7 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax._checks import check_choice, check_same_shape, check_timestep, is_concrete
+from diffusion_jax._checks import (
+    check_choice,
+    check_same_shape,
+    check_timestep,
+    is_concrete,
+    is_int,
+)
 from diffusion_jax.forward import q_posterior
 from diffusion_jax.gaussians import Gaussian
 from diffusion_jax.parameterization import eps_from_v, eps_from_x0, x0_from_eps, x0_from_v
@@ -336,7 +342,7 @@ def ddpm_sample_chunks(
     ``for t, x in tqdm(ddpm_sample_chunks(...), total=math.ceil(sched.T / chunk)): ...``
     """
     shape = _check_shape(shape)
-    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+    if not is_int(chunk) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (steps per compiled chunk), got {chunk!r}.")
     step = make_ddpm_step(
         model_fn, sched, variance=variance, prediction=prediction, clip_x0=clip_x0
@@ -369,7 +375,7 @@ def ddim_timesteps(T: int, num_steps: int) -> np.ndarray:
     halves up), so τ_1 = 1, τ_n = T and the spacing (T−1)/(n−1) ≥ 1 makes τ strictly
     increasing; n = 1 gives (T,) (a single jump from x_T to x̂_0). n = T gives 1..T.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
+    if not is_int(num_steps):
         raise TypeError(f"num_steps must be an int, got {type(num_steps).__name__}.")
     if not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must lie in 1..T = 1..{T}, got {num_steps}.")
@@ -508,7 +514,7 @@ def _check_eta(eta) -> float:
 
 def _check_step_range(t_start, t_end, T) -> None:
     for name, value in (("t_start", t_start), ("t_end", t_end)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        if not is_int(value):
             raise TypeError(f"{name} must be a Python int, got {type(value).__name__}.")
     if not 0 <= t_end < t_start <= T:
         raise ValueError(

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax._checks import is_int
+
 
 @functools.partial(
     jax.tree_util.register_dataclass,
@@ -106,7 +108,7 @@ def cosine_schedule(T: int, s: float = 0.008, max_beta: float = 0.999) -> Schedu
 
 
 def _check_T(T) -> None:
-    if isinstance(T, bool) or not isinstance(T, int | np.integer):
+    if not is_int(T):
         raise TypeError(f"T must be an int, got {type(T).__name__}.")
     if T < 2:
         raise ValueError(f"T must be at least 2, got {T}.")

@@ -53,11 +53,7 @@ _DEQUANTIZE_STREAM = 2
 
 
 def _check_num_levels(num_levels) -> int:
-    if isinstance(num_levels, bool) or not isinstance(num_levels, int | np.integer):
-        raise TypeError(f"num_levels must be an int >= 2, got {num_levels!r}.")
-    if num_levels < 2:
-        raise ValueError(f"num_levels must be >= 2, got {num_levels}.")
-    return int(num_levels)
+    return _check_int("num_levels", num_levels, 2)
 
 
 def _xp(x):
@@ -234,7 +230,7 @@ def full_split(
 
 
 def _check_int(name: str, value, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if not _checks.is_int(value):
         raise TypeError(f"{name} must be an int >= {lowest}, got {value!r}.")
     if value < lowest:
         raise ValueError(f"{name} must be >= {lowest}, got {value}.")

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from diffusion_jax._checks import check_choice
+from diffusion_jax._checks import check_choice, is_int
 
 PARALLEL_MODES = ("none", "sharding", "pmap")
 
@@ -111,7 +111,7 @@ def make_multi_step(train_step, num_steps: int):
     scan carries the state, so the step counter and per-example keys advance as usual); it
     saves k − 1 host round trips and dispatches.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 1:
+    if not is_int(num_steps) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
     num_steps = int(num_steps)
 
@@ -156,11 +156,9 @@ class ParallelStep:
     def __init__(self, train_step_factory, *, mode: str, global_batch: int, devices=None,
                  steps_per_call: int = 1):
         check_choice("train.parallel", mode, PARALLEL_MODES)
-        if isinstance(global_batch, bool) or not isinstance(global_batch, int | np.integer) or (
-                global_batch < 1):
+        if not is_int(global_batch) or global_batch < 1:
             raise ValueError(f"global_batch must be a positive int, got {global_batch!r}.")
-        if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int | np.integer) or (
-                steps_per_call < 1):
+        if not is_int(steps_per_call) or steps_per_call < 1:
             raise ValueError(f"steps_per_call must be a positive int, got {steps_per_call!r}.")
         self.mode = mode
         self.global_batch = int(global_batch)
