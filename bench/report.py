@@ -494,10 +494,9 @@ def findings(res: dict) -> list[str]:
         notes.append(
             "Where vmap over t gains less than 2×: the loop's only extra cost is one host "
             "dispatch per t, so vmap can only win by making the per-t work cheaper per "
-            "example. For the U-Nets a convolution's cost per image hardly falls with a larger "
-            "batch on this CPU; for the small MLP the per-t work at this batch is mostly the "
-            "elementwise posterior/KL math and the threefry noise draws, which cost the same "
-            "vmapped or not.")
+            "example. For the U-Nets the network is nearly all of that work, and a "
+            "convolution's cost per image hardly falls with a larger batch on this CPU (the "
+            "small MLPs: see the ELBO floor notes).")
     notes.append(
         "Convolutions dominate the U-Net step (PLATFORM.md profile: ~67 % convolutions, "
         "~9 % layout transposes, ~8 % GroupNorm, dots < 1 %).")
