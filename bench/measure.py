@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from diffusion_jax.config_validation import base_config
 from diffusion_jax.elbo import (
     denoising_matching_term,
     diffusion_elbo,
@@ -30,8 +29,9 @@ from diffusion_jax.elbo import (
 from diffusion_jax.models import UNet, num_params, timestep_embedding, unet_benchmark, unet_digits
 from diffusion_jax.samplers import ddpm_denoise, ddpm_sample, make_ddpm_step
 from diffusion_jax.schedules import linear_schedule
+from diffusion_jax.training.config import base_config
 from diffusion_jax.training.evaluate import ddpm_reverse_fn
-from diffusion_jax.training.losses import make_ddpm_loss
+from diffusion_jax.training.kinds import ddpm as ddpm_kind
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import ParallelStep, create_train_state, make_train_step
 
@@ -164,7 +164,7 @@ def train_task(*, net: str, image_shape, batch: int, steps: int, warmup: int, de
                mode: str, dtype: str, remat: bool) -> dict:
     """Images/s of the library's DDPM train step (L_simple, AdamW, linear T = 1000).
 
-    The step is ``make_train_step(make_ddpm_loss(...), make_optimizer(...))`` jitted with the
+    The step is ``make_train_step(kinds.ddpm.make_loss(...), make_optimizer(...))`` jitted with the
     state donated by ``ParallelStep`` in ``mode``; each timed step includes putting the host
     batch on the device(s), as the trainer does.
     """
@@ -174,8 +174,7 @@ def train_task(*, net: str, image_shape, batch: int, steps: int, warmup: int, de
     model = build_net(net, dtype=jnp.dtype(dtype), remat=remat)
     cfg = base_config("ddpm")
     cfg.optim.optimizer, cfg.optim.lr, cfg.diffusion.loss = "adamw", 2e-4, "l_simple"
-    sched = linear_schedule(1000)
-    loss_fn = make_ddpm_loss(model, sched, cfg.diffusion, num_levels=NUM_LEVELS)
+    loss_fn = ddpm_kind.make_loss(model, cfg, num_levels=NUM_LEVELS)
     optimizer = make_optimizer(cfg.optim, cfg.train.num_steps)
     images = _images((batch, *image_shape))
     params = _init(model, image_shape)

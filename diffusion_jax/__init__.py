@@ -1,7 +1,8 @@
 """diffusion_jax: autoencoders, VAEs and diffusion models in JAX.
 
 The top-level package is the pure core (no Flax, no optax): schedules, Gaussians, the forward
-process, parameterization conversions, ELBOs and losses. Models, training and data live in the
+process, the reverse process (``reverse_kernel``: p_θ from a network's output), parameterization
+conversions, ELBOs and losses, samplers. Models, training and data live in the
 subpackages ``diffusion_jax.models``, ``diffusion_jax.training`` and ``diffusion_jax.data``.
 """
 
@@ -51,9 +52,22 @@ from diffusion_jax.samplers import (
     ddpm_sample_loop,
     make_ddim_step,
     make_ddpm_step,
+)
+from diffusion_jax.reverse import (
+    ReverseKernel,
     p_reverse,
+    predict_x0_eps,
+    reverse_kernel,
+    split_output,
 )
 from diffusion_jax.schedules import Schedule, cosine_schedule, linear_schedule, schedule_from_betas
 from diffusion_jax.vae import ActiveUnits, active_units, ae_loss, iwae_bound, vae_elbo
 
 __version__ = "0.1.0"
+
+# The single-t bound, the checked mode, schedules from log SNR, importance sampling of t (a block
+# of its own so that it merges cleanly with other edits of the block above).
+from diffusion_jax import timestep_sampling  # noqa: E402
+from diffusion_jax.checked import checked  # noqa: E402
+from diffusion_jax.elbo import eps_mse, vlb_estimate, vlb_term, vlb_term_at  # noqa: E402
+from diffusion_jax.schedules import schedule_from_log_snr  # noqa: E402

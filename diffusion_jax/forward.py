@@ -2,6 +2,11 @@
 
 Every function takes the schedule, arrays and integer timesteps; ``t`` is an integer scalar or
 an integer array of shape (B,) indexing the leading axis of x. All are pure and jit/vmap/grad-able.
+
+The public functions check their arguments (a traced ``t`` is range-checked under
+``diffusion_jax.checked``); the underscored twins (``_marginal``, ``_sample``, ``_posterior``,
+``_bridge``, ``_step``) are the same equations without checks, for callers inside the package
+that already validated their inputs (the ELBO's per-t terms under ``vmap``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from diffusion_jax.schedules import Schedule, at
 def q_step(sched: Schedule, x_prev, t) -> Gaussian:
     """q(x_t | x_{t−1}) = N(√α_t x_{t−1}, (1 − α_t) I) for t in 1..T."""
     check_floating("x_prev", x_prev)
-    t = check_timestep(t, sched.T)
+    return _step(sched, x_prev, check_timestep(t, sched.T))
+
+
+def _step(sched: Schedule, x_prev, t) -> Gaussian:
     alpha, beta = at(sched.alphas, t, x_prev), at(sched.betas, t, x_prev)
     return Gaussian(jnp.sqrt(alpha) * x_prev, beta)
 
@@ -25,7 +33,10 @@ def q_step(sched: Schedule, x_prev, t) -> Gaussian:
 def q_marginal(sched: Schedule, x0, t) -> Gaussian:
     """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) for t in 0..T (t = 0 gives a point mass)."""
     check_floating("x0", x0)
-    t = check_timestep(t, sched.T, lowest=0)
+    return _marginal(sched, x0, check_timestep(t, sched.T, lowest=0))
+
+
+def _marginal(sched: Schedule, x0, t) -> Gaussian:
     alpha_bar = at(sched.alpha_bars, t, x0)
     return Gaussian(jnp.sqrt(alpha_bar) * x0, at(sched.one_minus_alpha_bars, t, x0))
 
@@ -33,7 +44,12 @@ def q_marginal(sched: Schedule, x0, t) -> Gaussian:
 def q_sample(sched: Schedule, x0, t, noise):
     """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε: a reparameterized sample of q(x_t | x_0)."""
     check_same_shape(x0=x0, noise=noise)
-    mean, var = q_marginal(sched, x0, t)
+    check_floating("x0", x0)
+    return _sample(sched, x0, check_timestep(t, sched.T, lowest=0), noise)
+
+
+def _sample(sched: Schedule, x0, t, noise):
+    mean, var = _marginal(sched, x0, t)
     return mean + jnp.sqrt(var) * noise
 
 
@@ -46,7 +62,10 @@ def q_posterior(sched: Schedule, x0, x_t, t) -> Gaussian:
     check_floating("x0", x0)
     check_floating("x_t", x_t)
     check_same_shape(x0=x0, x_t=x_t)
-    t = check_timestep(t, sched.T)
+    return _posterior(sched, x0, x_t, check_timestep(t, sched.T))
+
+
+def _posterior(sched: Schedule, x0, x_t, t) -> Gaussian:
     beta = at(sched.betas, t, x_t)
     alpha = at(sched.alphas, t, x_t)
     alpha_bar_prev = at(sched.alpha_bars, t - 1, x_t)
@@ -64,7 +83,10 @@ def q_bridge(sched: Schedule, x_prev, x_next, t) -> Gaussian:
     Precision 1/β_t + α_{t+1}/β_{t+1}; mean (√α_t x_{t−1}/β_t + √α_{t+1} x_{t+1}/β_{t+1}) / precision.
     """
     check_same_shape(x_prev=x_prev, x_next=x_next)
-    t = check_timestep(t, sched.T - 1)
+    return _bridge(sched, x_prev, x_next, check_timestep(t, sched.T - 1))
+
+
+def _bridge(sched: Schedule, x_prev, x_next, t) -> Gaussian:
     beta, alpha = at(sched.betas, t, x_prev), at(sched.alphas, t, x_prev)
     beta_next, alpha_next = at(sched.betas, t + 1, x_prev), at(sched.alphas, t + 1, x_prev)
     precision = 1.0 / beta + alpha_next / beta_next
@@ -82,7 +104,7 @@ def q_chain(sched: Schedule, x0, key):
 
     def step(x_prev, inputs):
         t, step_key = inputs
-        mean, var = q_step(sched, x_prev, t)
+        mean, var = _step(sched, x_prev, t)  # t = 1..T by construction: no per-step check
         x_t = mean + jnp.sqrt(var) * jax.random.normal(step_key, x_prev.shape, x_prev.dtype)
         return x_t, x_t
 

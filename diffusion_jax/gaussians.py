@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
-from diffusion_jax._checks import check_floating
+from diffusion_jax._checks import check_floating, check_num_levels
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -66,16 +66,17 @@ def log_normal_cdf_diff(lower, upper):
     return log_hi + _log1mexp(log_ndtr(lo) - log_hi)
 
 
-def discretized_gaussian_log_prob(x, mean, var, num_levels: int = 256):
+def discretized_gaussian_log_prob(x, mean, var, num_levels: int):
     """Elementwise log P(x) of DDPM's discretized decoder L_0 for data on ``num_levels`` levels.
 
     Data x lies on the grid {2k/(L−1) − 1 : k = 0..L−1} in [−1, 1]; each level owns a bin of
     width 2/(L−1) around it, and the edge bins absorb the tails (−∞ and +∞). Uses the exact
-    normal CDF (log_ndtr), so probabilities over all levels sum to one.
+    normal CDF (log_ndtr), so probabilities over all levels sum to one. ``num_levels`` (an int
+    >= 2) is required: there is no default number of levels. The grid itself is checked by the
+    ELBO entry points, not here (elementwise helper).
     """
     check_floating("x", x)
-    if num_levels < 2:
-        raise ValueError(f"num_levels must be at least 2, got {num_levels}.")
+    num_levels = check_num_levels(num_levels, what="discretized_gaussian_log_prob")
     half_bin = 1.0 / (num_levels - 1)
     std = jnp.sqrt(var)
     upper = (x - mean + half_bin) / std

@@ -5,14 +5,9 @@ timesteps t = 1..T, schedule tables indexed by t (ᾱ_0 = 1), variances not stds
 
 The network is seen through ``model_fn(x_t, t) -> output`` where x_t has shape (B, *event) and
 t is an int32 array of shape (B,) (all entries equal to the current step). ``output`` is the
-prediction named by ``prediction``:
-
-- ``"eps"``: ε̂ with x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t;
-- ``"x0"``: x̂_0 itself;
-- ``"v"``: v̂ = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho), x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v̂;
-
-and for ``variance="learned"`` a pair ``(prediction, v)`` where v in [−1, 1] is Nichol &
-Dhariwal's interpolation coefficient of the log-variance (see ``learned_log_variance``).
+network's raw output, turned into p_θ(x_{t−1} | x_t) by ``diffusion_jax.reverse`` (the one
+adapter: ``prediction`` in {"eps", "x0", "v"}; with ``variance="learned"`` the output also
+holds the variance coefficient, as a pair or as ``[prediction | v]`` on the last axis).
 Model parameters are closed over by ``model_fn``. To sample repeatedly with new parameters
 without recompiling, jit the outer call with the parameters as an argument, e.g.
 ``jax.jit(lambda params, key: ddpm_sample(lambda x, t: apply(params, x, t), sched, key, shape))``.
@@ -35,143 +30,24 @@ import numpy as np
 from diffusion_jax._checks import (
     check_choice,
     check_same_shape,
-    check_timestep,
     is_concrete,
     is_int,
 )
-from diffusion_jax.forward import q_posterior
-from diffusion_jax.gaussians import Gaussian
-from diffusion_jax.parameterization import eps_from_v, eps_from_x0, x0_from_eps, x0_from_v
-from diffusion_jax.schedules import Schedule, at
+from diffusion_jax.reverse import PREDICTIONS, VARIANCES, p_reverse, predict_x0_eps, split_output
+from diffusion_jax.schedules import Schedule
 
 __all__ = [
-    "PREDICTIONS",
-    "VARIANCES",
-    "clipped_posterior_variances",
     "ddim_sample",
     "ddim_timesteps",
     "ddpm_denoise",
     "ddpm_sample",
     "ddpm_sample_chunks",
     "ddpm_sample_loop",
-    "learned_log_variance",
     "make_ddim_step",
     "make_ddpm_step",
-    "p_reverse",
-    "predict_x0_eps",
 ]
 
-PREDICTIONS = ("eps", "x0", "v")
-VARIANCES = ("beta", "beta_tilde", "learned")
-
 ModelFn = Callable[[jax.Array, jax.Array], object]
-
-
-# --------------------------------------------------------------------------- reverse kernel
-
-
-def predict_x0_eps(
-    model_output, sched: Schedule, x_t, t, *, prediction: str = "eps", clip_x0: bool = False
-):
-    """Converts a network prediction to the pair (x̂_0, ε̂), both of x_t's shape.
-
-    ``prediction`` in {"eps", "x0", "v"} (module docstring). t: int scalar or (B,), in 1..T.
-    With ``clip_x0``, x̂_0 is clipped to [−1, 1] and ε̂ recomputed from the clipped x̂_0,
-    ε̂ = (x_t − √ᾱ_t x̂_0) / √(1−ᾱ_t), so that x_t = √ᾱ_t x̂_0 + √(1−ᾱ_t) ε̂ stays true.
-    """
-    check_choice("prediction", prediction, PREDICTIONS)
-    check_same_shape(model_output=model_output, x_t=x_t)
-    if prediction == "eps":
-        eps = model_output
-        x0 = x0_from_eps(sched, x_t, t, eps)
-    elif prediction == "x0":
-        x0 = model_output
-        eps = eps_from_x0(sched, x_t, t, x0)
-    else:
-        x0 = x0_from_v(sched, x_t, t, model_output)
-        eps = eps_from_v(sched, x_t, t, model_output)
-    if clip_x0:
-        x0 = jnp.clip(x0, -1.0, 1.0)
-        eps = eps_from_x0(sched, x_t, t, x0)
-    return x0, eps
-
-
-def clipped_posterior_variances(sched: Schedule) -> jax.Array:
-    """(T+1,) β̃_t with the zero β̃_1 (and the unused β̃_0) replaced by β̃_2, as in improved-DDPM.
-
-    β̃_1 = (1 − ᾱ_0) β_1 / (1 − ᾱ_1) = 0 in our convention; its log is −∞. The clipped table
-    keeps the decoder p(x_0 | x_1) a proper density (finite log-likelihood and gradients).
-    """
-    post = sched.posterior_variances
-    return post.at[:2].set(post[2])
-
-
-def learned_log_variance(sched: Schedule, t, v, x=None):
-    """Nichol & Dhariwal's learned log-variance from the network output v in [−1, 1].
-
-    log σ²_t = frac · log β_t + (1 − frac) · log β̃_t, frac = (v + 1) / 2, with β̃ clipped
-    (``clipped_posterior_variances``). v = 1 gives β_t, v = −1 gives β̃_t (β̃_2 at t = 1).
-    t: int scalar or (B,) indexing the leading axis of v (of ``x`` when given).
-    """
-    t = check_timestep(t, sched.T)
-    ref = v if x is None else x
-    log_beta = at(jnp.log(sched.betas.at[0].set(1.0)), t, ref)  # index 0 unused; avoid log 0
-    log_beta_tilde = at(jnp.log(clipped_posterior_variances(sched)), t, ref)
-    frac = (v + 1.0) / 2.0
-    return frac * log_beta + (1.0 - frac) * log_beta_tilde
-
-
-def p_reverse(
-    model_output,
-    sched: Schedule,
-    x_t,
-    t,
-    *,
-    prediction: str = "eps",
-    variance: str = "beta",
-    clip_x0: bool = False,
-) -> Gaussian:
-    """The reverse kernel p_θ(x_{t−1} | x_t) = N(μ̃_t(x̂_0, x_t), σ²_t I) for t in 1..T.
-
-    model_output: the network output at (x_t, t): the prediction (x_t's shape), or for
-      ``variance="learned"`` a pair (prediction, v) with v of x_t's shape (or broadcastable).
-    x_t: (B, *event) with t int (B,), or any shape with t an int scalar (vmap-friendly: this is
-      the ``reverse_fn`` of the ELBO, ``lambda x_t, t: p_reverse(model(x_t, t), sched, x_t, t)``).
-    Mean: x̂_0 from the prediction (optionally clipped to [−1, 1]), then the forward posterior
-      mean μ̃_t = √ᾱ_{t−1} β_t/(1−ᾱ_t) · x̂_0 + √α_t (1−ᾱ_{t−1})/(1−ᾱ_t) · x_t. For ε-prediction
-      without clipping this equals μ_θ = (x_t − β_t/√(1−ᾱ_t) · ε̂) / √α_t.
-    Variance σ²_t: ``"beta"`` β_t; ``"beta_tilde"`` β̃_t, with β̃_2 at t = 1 (β̃_1 = 0 would
-      make the decoder p(x_0|x_1) degenerate); ``"learned"`` exp(learned_log_variance).
-    Returns Gaussian(mean of x_t's shape, var broadcastable to it).
-    """
-    check_choice("variance", variance, VARIANCES)
-    prediction_output, v = _split_output(model_output, variance == "learned")
-    x0, _ = predict_x0_eps(prediction_output, sched, x_t, t, prediction=prediction, clip_x0=clip_x0)
-    mean, _ = q_posterior(sched, x0, x_t, t)
-    if variance == "beta":
-        var = at(sched.betas, t, x_t)
-    elif variance == "beta_tilde":
-        var = at(clipped_posterior_variances(sched), t, x_t)
-    else:
-        var = jnp.exp(learned_log_variance(sched, t, v, x_t))
-    return Gaussian(mean, var)
-
-
-def _split_output(model_output, learned: bool):
-    """Returns (prediction, v or None); a learned-variance model must return a pair."""
-    if learned:
-        if not (isinstance(model_output, tuple | list) and len(model_output) == 2):
-            raise TypeError(
-                "with variance='learned', model_fn must return a pair (prediction, v), got "
-                f"{type(model_output).__name__}."
-            )
-        return model_output[0], model_output[1]
-    if isinstance(model_output, tuple | list):
-        raise TypeError(
-            "model_fn returned a tuple; pass variance='learned' (ancestral sampling) or "
-            "variance_output=True (DDIM) for a model that also outputs its variance."
-        )
-    return model_output, None
 
 
 # --------------------------------------------------------------------------- DDPM (ancestral)
@@ -409,7 +285,7 @@ def make_ddim_step(
         t = jnp.asarray(t, jnp.int32)
         s = jnp.asarray(s, jnp.int32)
         t_batch = jnp.full((x_t.shape[0],), t, jnp.int32)
-        output, _ = _split_output(model_fn(x_t, t_batch), variance_output)
+        output, _ = split_output(model_fn(x_t, t_batch), variance_output)
         x0, eps = predict_x0_eps(
             output, sched, x_t, t_batch, prediction=prediction, clip_x0=clip_x0
         )

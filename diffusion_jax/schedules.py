@@ -2,6 +2,11 @@
 
 Index 0 means "no noise": beta_0 = 0, alpha_0 = 1, alpha_bar_0 = 1, so ``alpha_bars[t]`` is ᾱ_t
 exactly as written in the mathematics. Tables are built in float64 numpy, then cast to float32.
+
+Schedules also trace: ``schedule_from_betas`` and ``schedule_from_log_snr`` given a traced input
+(under ``jax.jit``, ``jax.grad``) compute the same tables with jnp in the input's dtype, so a
+learned schedule's parameters can be differentiated through the whole ELBO. Value checks then
+run only under ``diffusion_jax.checked``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax._checks import is_int
+from diffusion_jax._checks import is_concrete, is_int, runtime_check
 
 
 @functools.partial(
@@ -55,29 +60,81 @@ class Schedule:
 
 
 def schedule_from_betas(betas, *, dtype=jnp.float32) -> Schedule:
-    """Builds a Schedule from β_1..β_T (length T, each in (0, 1)); tables computed in float64."""
+    """Builds a Schedule from β_1..β_T (length T, each in (0, 1)).
+
+    Concrete ``betas``: tables computed in float64 numpy (log ᾱ_t = Σ log1p(−β_s)), values
+    checked, then cast to ``dtype``. Traced ``betas`` (inside ``jit`` / ``grad``): the same
+    formulas in jnp in the input's floating dtype, cast to ``dtype``; the range check runs only
+    under ``diffusion_jax.checked``.
+    """
+    _check_table_shape("betas", "β_1..β_T", np.shape(betas))
+    if not is_concrete(betas):
+        betas = jnp.asarray(betas)
+        betas = betas.astype(jnp.result_type(betas.dtype, jnp.float32))
+        runtime_check(jnp.all((betas > 0.0) & (betas < 1.0)),
+                      "every beta_t must lie in the open interval (0, 1); got min {lo}, max {hi}.",
+                      lo=jnp.min(betas), hi=jnp.max(betas))
+        full = jnp.concatenate([jnp.zeros((1,), betas.dtype), betas])
+        log_alpha_bars = jnp.cumsum(jnp.log1p(-full))
+        return _cast(full.shape[0] - 1, full, 1.0 - full, jnp.exp(log_alpha_bars),
+                     -jnp.expm1(log_alpha_bars), dtype)
     betas = np.asarray(betas, dtype=np.float64)
-    if betas.ndim != 1:
-        raise ValueError(f"betas must be one-dimensional (β_1..β_T), got shape {betas.shape}.")
-    T = betas.shape[0]
-    if T < 2:
-        raise ValueError(f"T must be at least 2, got {T}.")
     if not np.all(np.isfinite(betas)) or np.any(betas <= 0.0) or np.any(betas >= 1.0):
         raise ValueError(
             f"every beta_t must lie in the open interval (0, 1); got min {betas.min()!r}, "
             f"max {betas.max()!r}."
         )
     full = np.concatenate([[0.0], betas])
-    alphas = 1.0 - full
     log_alpha_bars = np.cumsum(np.log1p(-full))
+    return _cast(betas.shape[0], full, 1.0 - full, np.exp(log_alpha_bars),
+                 -np.expm1(log_alpha_bars), dtype)
+
+
+def schedule_from_log_snr(log_snr, *, dtype=jnp.float32) -> Schedule:
+    """Builds a Schedule from log SNR_t = log(ᾱ_t / (1 − ᾱ_t)) for t = 1..T (shape (T,)).
+
+    ``log_snr`` must be finite and strictly decreasing in t. Then ᾱ_t = sigmoid(log SNR_t),
+    1 − ᾱ_t = sigmoid(−log SNR_t) (each without cancellation), and with log ᾱ_t = log_sigmoid:
+    α_t = exp(log ᾱ_t − log ᾱ_{t−1}), β_t = −expm1(log ᾱ_t − log ᾱ_{t−1}) (ᾱ_0 = 1).
+    Concrete input: float64 numpy with value checks, then cast to ``dtype``; traced input (a
+    learned schedule under ``jit`` / ``grad``): jnp in the input's dtype, value checks only under
+    ``diffusion_jax.checked``. The inverse of ``Schedule.log_snr[1:]``.
+    """
+    _check_table_shape("log_snr", "log SNR_1..log SNR_T", np.shape(log_snr))
+    if not is_concrete(log_snr):
+        log_snr = jnp.asarray(log_snr)
+        log_snr = log_snr.astype(jnp.result_type(log_snr.dtype, jnp.float32))
+        runtime_check(jnp.all(jnp.isfinite(log_snr)) & jnp.all(jnp.diff(log_snr) < 0.0),
+                      "log_snr must be finite and strictly decreasing in t.")
+        log_ab = jnp.concatenate([jnp.zeros((1,), log_snr.dtype), jax.nn.log_sigmoid(log_snr)])
+        one_minus = jnp.concatenate([jnp.zeros((1,), log_snr.dtype), jax.nn.sigmoid(-log_snr)])
+        log_alphas = jnp.diff(log_ab, prepend=0.0)
+        return _cast(log_snr.shape[0], -jnp.expm1(log_alphas), jnp.exp(log_alphas),
+                     jnp.exp(log_ab), one_minus, dtype)
+    log_snr = np.asarray(log_snr, dtype=np.float64)
+    if not np.all(np.isfinite(log_snr)) or np.any(np.diff(log_snr) >= 0.0):
+        raise ValueError(
+            "log_snr must be finite and strictly decreasing in t (log SNR_1 > ... > log SNR_T); "
+            f"got {log_snr!r}."
+        )
+    log_ab = np.concatenate([[0.0], -np.logaddexp(0.0, -log_snr)])  # log sigmoid(log SNR)
+    one_minus = np.concatenate([[0.0], np.exp(-np.logaddexp(0.0, log_snr))])  # sigmoid(−·)
+    log_alphas = np.diff(log_ab, prepend=0.0)
+    return _cast(log_snr.shape[0], -np.expm1(log_alphas), np.exp(log_alphas), np.exp(log_ab),
+                 one_minus, dtype)
+
+
+def _check_table_shape(name: str, what: str, shape) -> None:
+    if len(shape) != 1:
+        raise ValueError(f"{name} must be one-dimensional ({what}), got shape {shape}.")
+    if shape[0] < 2:
+        raise ValueError(f"T must be at least 2, got {shape[0]}.")
+
+
+def _cast(T: int, betas, alphas, alpha_bars, one_minus_alpha_bars, dtype) -> Schedule:
     cast = lambda a: jnp.asarray(a, dtype=dtype)
-    return Schedule(
-        T=T,
-        betas=cast(full),
-        alphas=cast(alphas),
-        alpha_bars=cast(np.exp(log_alpha_bars)),
-        one_minus_alpha_bars=cast(-np.expm1(log_alpha_bars)),
-    )
+    return Schedule(T=T, betas=cast(betas), alphas=cast(alphas), alpha_bars=cast(alpha_bars),
+                    one_minus_alpha_bars=cast(one_minus_alpha_bars))
 
 
 def linear_schedule(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> Schedule:
@@ -118,6 +175,8 @@ def at(table: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
     """Looks up ``table[t]`` and shapes it to broadcast against ``x``.
 
     t: integer scalar -> a scalar; integer (B,) indexing x's leading axis -> (B, 1, ..., 1).
+    An inner helper: the shape check below is static (trace time, free); t's range is checked
+    by the public caller, not here.
     """
     values = table[t]
     if jnp.ndim(t) == 1:

@@ -217,7 +217,7 @@ def train_or_reuse(config, workdir: Path, *, progress: bool, retrain: bool = Fal
 
 
 def load_run(config, workdir: Path):
-    """(model, schedule, EMA params, image_shape, num_levels, step) of a finished run."""
+    """A finished run's ``trainer.Trained`` (kind, model, EMA params, image_shape, num_levels, step)."""
     return trainer.load_trained(config, workdir)
 
 

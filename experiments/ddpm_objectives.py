@@ -17,7 +17,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from diffusion_jax.training import evaluate as eval_lib
 from experiments import classifier as clf
 from experiments import common
 from experiments.configs import ddpm_digits
@@ -74,10 +73,10 @@ def main(argv=None) -> dict:
         cfg = make_config(loss, args)
         workdir = args.run_dir / loss
         summary = common.train_or_reuse(cfg, workdir, progress=args.progress, retrain=args.retrain)
-        model, sched, params, image_shape, _, _ = common.load_run(cfg, workdir)
-        samples = eval_lib.sample_ddpm(model, params, sched, jax.random.fold_in(key, 10 + i),
-                                       num_samples=args.num_scored_samples, image_shape=image_shape,
-                                       variance=cfg.diffusion.variance, progress=args.progress)
+        run = common.load_run(cfg, workdir)
+        samples = run.kind.sample(cfg, run.model, run.params, jax.random.fold_in(key, 10 + i),
+                                  num_samples=args.num_scored_samples, image_shape=run.image_shape,
+                                  progress=args.progress)
         scores = clf.confidence_stats(clf.predict_probs(cls_params, samples))
         scores.pop("per_image_confidence")
         runs[loss] = {"config": cfg, "summary": summary, "workdir": workdir, "scores": scores,

@@ -33,6 +33,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+import diffusion_jax as dj
+
 VARIANCES = ("exact", "fixed_beta")
 
 
@@ -82,11 +84,15 @@ class LinearGaussianReverse:
         return self.A.shape[0] - 1
 
     def reverse_fn(self):
-        """reverse_fn(x_t, t) -> (mean, var) for ``dj.diffusion_elbo`` (float32 tables)."""
+        """reverse_fn(x_t, t) -> (mean, var) for ``dj.diffusion_elbo`` (float32 tables).
+
+        t: int (B,) indexing x_t's leading axis (the package's convention for model functions).
+        """
         A, b, var = (jnp.asarray(a, jnp.float32) for a in (self.A, self.b, self.var))
 
         def fn(x_t, t):
-            return A[t] * x_t + b[t], var[t]
+            A_t, b_t, var_t = (dj.schedules.at(table, t, x_t) for table in (A, b, var))
+            return A_t * x_t + b_t, var_t
 
         return fn
 

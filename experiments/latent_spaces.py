@@ -113,7 +113,8 @@ def main(argv=None) -> dict:
         workdir = args.run_dir / kind
         summaries[kind] = common.train_or_reuse(cfg, workdir, progress=args.progress,
                                                 retrain=args.retrain)
-        model, _, params, *_ = common.load_run(cfg, workdir)
+        run = common.load_run(cfg, workdir)
+        model, params = run.model, run.params
         codecs[kind] = Codec(model, params)
 
     enc_test = {k: c.encode(test_x) for k, c in codecs.items()}

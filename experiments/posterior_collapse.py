@@ -176,7 +176,8 @@ def compute(args, Ks):
         workdir = args.run_dir / name.replace(", ", "_").replace(" + ", "_").replace(" ", "_")
         summary = common.train_or_reuse(cfg, workdir, progress=args.progress, retrain=args.retrain)
         train_seconds[name] = summary.get("train_seconds")
-        model, _, params, *_ = common.load_run(cfg, workdir)
+        run = common.load_run(cfg, workdir)
+        model, params = run.model, run.params
         raw = measure(model, params, test_x, train_x, jax.random.fold_in(key, i), Ks,
                       args.elbo_samples)
         results[name] = summarize(raw, max(Ks))

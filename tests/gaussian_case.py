@@ -16,19 +16,28 @@ class GaussianData:
     s0: float
 
     def denoiser(self, sched, x_t, t):
-        """E[x_0 | x_t] = mu0 + k_t (x_t − √ᾱ_t mu0) and Var[x_0 | x_t] (both exact)."""
-        ab = sched.alpha_bars[t]
+        """E[x_0 | x_t] = mu0 + k_t (x_t − √ᾱ_t mu0) and Var[x_0 | x_t] (both exact).
+
+        t: int (B,) indexing x_t's leading axis (or a scalar); tables are looked up with
+        ``dj.schedules.at`` so they broadcast against (B, *event).
+        """
+        ab = dj.schedules.at(sched.alpha_bars, t, x_t)
         denom = ab * self.s0**2 + 1.0 - ab
         k = self.s0**2 * jnp.sqrt(ab) / denom
         return self.mu0 + k * (x_t - jnp.sqrt(ab) * self.mu0), self.s0**2 * (1.0 - ab) / denom
 
     def reverse_fn(self, sched):
-        """The exact reverse kernel q(x_{t−1} | x_t) = ∫ q(x_{t−1}|x_t, x_0) q(x_0|x_t) dx_0."""
+        """The exact reverse kernel q(x_{t−1} | x_t) = ∫ q(x_{t−1}|x_t, x_0) q(x_0|x_t) dx_0.
+
+        ``fn(x_t, t)`` with t of shape (B,) (the package's convention for model functions).
+        """
 
         def fn(x_t, t):
+            at = lambda table, s=t: dj.schedules.at(table, s, x_t)
             x0_hat, x0_var = self.denoiser(sched, x_t, t)
             mean, var = dj.q_posterior(sched, x0_hat, x_t, t)
-            coef_x0 = jnp.sqrt(sched.alpha_bars[t - 1]) * sched.betas[t] / sched.one_minus_alpha_bars[t]
+            coef_x0 = jnp.sqrt(at(sched.alpha_bars, t - 1)) * at(sched.betas) / at(
+                sched.one_minus_alpha_bars)
             return mean, var + coef_x0**2 * x0_var
 
         return fn

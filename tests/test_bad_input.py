@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import diffusion_jax as dj
-from diffusion_jax.config_validation import base_config, validate_config
+from diffusion_jax.training.config import base_config, validate_config
 from diffusion_jax.data import pipeline
 from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training.builders import build_model

@@ -79,11 +79,14 @@ def test_monte_carlo_has_lowest_variance_for_the_exact_model(estimates):
 
 
 def _toy_reverse(params, sched):
-    """A tiny ε-model ε_θ(x_t, t) = tanh(w x_t + c t/T): stands in for a network."""
+    """A tiny ε-model ε_θ(x_t, t) = tanh(w x_t + c t/T): stands in for a network (t: (B,))."""
 
     def reverse_fn(x_t, t):
-        eps = jnp.tanh(params["w"] * x_t + params["c"] * t / sched.T)
-        return dj.p_mean_from_eps(sched, x_t, t, eps), jnp.maximum(sched.betas[t], 1e-5)
+        assert t.shape == (x_t.shape[0],) and t.dtype == jnp.int32  # the package's t convention
+        t_b = t.reshape((-1,) + (1,) * (x_t.ndim - 1))  # (B, 1, ..., 1)
+        eps = jnp.tanh(params["w"] * x_t + params["c"] * t_b / sched.T)
+        var = jnp.maximum(dj.schedules.at(sched.betas, t, x_t), 1e-5)
+        return dj.p_mean_from_eps(sched, x_t, t, eps), var
 
     return reverse_fn
 
@@ -156,7 +159,7 @@ def test_losses_and_gradients_finite_at_every_t(sched, decoder):
 def test_discretized_reconstruction_is_a_log_probability():
     sched = dj.linear_schedule(100)
     x0 = 2 * jnp.arange(17, dtype=jnp.float32)[None, :] / 16 - 1
-    rfn = lambda x_t, t: (jnp.clip(x_t, -1, 1), sched.betas[t])
+    rfn = lambda x_t, t: (jnp.clip(x_t, -1, 1), dj.schedules.at(sched.betas, t, x_t))
     out = dj.diffusion_elbo(rfn, sched, x0, jax.random.key(0), decoder="discretized",
                             num_levels=17)
     assert float(out["reconstruction"][0]) <= 0.0

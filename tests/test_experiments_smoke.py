@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import diffusion_jax as dj
-from diffusion_jax.config_validation import validate_config
+from diffusion_jax.training.config import validate_config
 from diffusion_jax.data import pipeline
 from diffusion_jax.models import num_params
 from diffusion_jax.training.builders import build_model

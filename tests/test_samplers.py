@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import diffusion_jax as dj
-from diffusion_jax import samplers
+from diffusion_jax import reverse, samplers
 from diffusion_jax.schedules import at
 
 MU0 = np.array([0.5, -0.2])
@@ -270,20 +270,42 @@ def test_p_reverse_mean_equals_p_mean_from_eps(sched):
     eps = jax.random.normal(key_e, (sched.T, 3, 4))
     ts = jnp.arange(1, sched.T + 1)
     # t of shape (B,) indexing the batch axis: one example per timestep.
-    mean, var = samplers.p_reverse(eps, sched, x_t, ts, prediction="eps", variance="beta")
+    mean, var = reverse.p_reverse(eps, sched, x_t, ts, prediction="eps", variance="beta")
     expected = dj.p_mean_from_eps(sched, x_t, ts, eps)
     np.testing.assert_allclose(np.asarray(mean), np.asarray(expected), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(var).ravel(), np.asarray(sched.betas[1:]))
+    # "beta" (fixed large): β_t for t ≥ 2 and β̃_2 at t = 1, as DDPM's reference code.
+    expected_var = np.asarray(sched.betas[1:]).copy()
+    expected_var[0] = float(sched.posterior_variances[2])
+    np.testing.assert_allclose(np.asarray(var).ravel(), expected_var, rtol=1e-6)
+    # "beta_raw" keeps β_1 at t = 1.
+    _, var_raw = reverse.p_reverse(eps, sched, x_t, ts, prediction="eps", variance="beta_raw")
+    np.testing.assert_allclose(np.asarray(var_raw).ravel(), np.asarray(sched.betas[1:]))
     # Scalar t under vmap (the ELBO's reverse_fn form) gives the same.
-    reverse_fn = lambda x, t, e: samplers.p_reverse(e, sched, x, t).mean
+    reverse_fn = lambda x, t, e: reverse.p_reverse(e, sched, x, t).mean
     vmapped = jax.vmap(reverse_fn)(x_t, ts, eps)
     np.testing.assert_allclose(np.asarray(vmapped), np.asarray(mean), rtol=1e-6, atol=1e-6)
+
+
+def test_split_output_pair_and_concatenated_agree(sched):
+    ts = jnp.arange(1, sched.T + 1)
+    x_t = jax.random.normal(jax.random.key(3), (sched.T, 4, 4, 1))
+    pred = jax.random.normal(jax.random.key(4), x_t.shape)
+    v = jnp.tanh(jax.random.normal(jax.random.key(5), x_t.shape))
+    as_pair = reverse.reverse_kernel((pred, v), sched, x_t, ts, variance="learned")
+    as_array = reverse.reverse_kernel(jnp.concatenate([pred, v], -1), sched, x_t, ts,
+                                      variance="learned")
+    for a, b in zip(as_pair, as_array, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(TypeError, match="pair"):
+        reverse.reverse_kernel((pred, v), sched, x_t, ts, variance="beta")
+    with pytest.raises(TypeError, match="2 x 1 channels"):
+        reverse.reverse_kernel(jnp.zeros((sched.T, 4, 4, 3)), sched, x_t, ts, variance="learned")
 
 
 def test_p_reverse_beta_tilde_variance_and_finite_decoder(sched):
     ts = jnp.arange(1, sched.T + 1)
     x_t = jnp.zeros((sched.T, 2))
-    _, var = samplers.p_reverse(jnp.zeros_like(x_t), sched, x_t, ts, variance="beta_tilde")
+    _, var = reverse.p_reverse(jnp.zeros_like(x_t), sched, x_t, ts, variance="beta_tilde")
     post = np.asarray(sched.posterior_variances)
     np.testing.assert_allclose(np.asarray(var)[1:, 0], post[2:], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(var)[0, 0], post[2], rtol=1e-6)  # β̃_1 = 0 → β̃_2
@@ -295,11 +317,11 @@ def test_learned_variance_endpoints(sched):
     x_t = jnp.zeros((sched.T, 2))
     pred = jnp.zeros_like(x_t)
     betas = np.asarray(sched.betas[1:])
-    beta_tilde = np.asarray(samplers.clipped_posterior_variances(sched)[1:])
+    beta_tilde = np.asarray(reverse.clipped_posterior_variances(sched)[1:])
     var = {}
     for v in (-1.0, 0.0, 1.0):
         out = (pred, jnp.full_like(x_t, v))
-        var[v] = np.asarray(samplers.p_reverse(out, sched, x_t, ts, variance="learned").var)[:, 0]
+        var[v] = np.asarray(reverse.p_reverse(out, sched, x_t, ts, variance="learned").var)[:, 0]
     np.testing.assert_allclose(var[1.0], betas, rtol=1e-5)
     np.testing.assert_allclose(var[-1.0], beta_tilde, rtol=1e-5)
     np.testing.assert_allclose(var[0.0], np.sqrt(betas * beta_tilde), rtol=1e-5)
@@ -319,7 +341,7 @@ def test_learned_variance_gradients_finite_at_every_t(sched):
 
     def loss(v):
         out = (jnp.zeros_like(x_t), v)
-        mean, var = samplers.p_reverse(out, sched, x_t, ts, variance="learned")
+        mean, var = reverse.p_reverse(out, sched, x_t, ts, variance="learned")
         return jnp.sum(dj.gaussian_log_prob(x_t, mean, var))
 
     value, grad = jax.value_and_grad(loss)(jnp.zeros_like(x_t))
@@ -333,15 +355,15 @@ def test_clip_x0_keeps_predictions_in_range(sched):
     key, shape = jax.random.key(12), (2000, 1)
     x_t = jax.random.normal(key, shape) * 2.0
     t = jnp.full((shape[0],), 40)
-    x0_free, _ = samplers.predict_x0_eps(model(x_t, t), sched, x_t, t)
-    x0_clip, eps_clip = samplers.predict_x0_eps(model(x_t, t), sched, x_t, t, clip_x0=True)
+    x0_free, _ = reverse.predict_x0_eps(model(x_t, t), sched, x_t, t)
+    x0_clip, eps_clip = reverse.predict_x0_eps(model(x_t, t), sched, x_t, t, clip_x0=True)
     assert np.abs(np.asarray(x0_free)).max() > 1.2
     np.testing.assert_allclose(np.asarray(x0_clip), np.clip(np.asarray(x0_free), -1, 1))
     # ε̂ is recomputed so that x_t = √ᾱ_t x̂_0 + √(1−ᾱ_t) ε̂ still holds.
     np.testing.assert_allclose(
         np.asarray(dj.x0_from_eps(sched, x_t, t, eps_clip)), np.asarray(x0_clip), atol=1e-5
     )
-    mean, _ = samplers.p_reverse(model(x_t, t), sched, x_t, t, clip_x0=True)
+    mean, _ = reverse.p_reverse(model(x_t, t), sched, x_t, t, clip_x0=True)
     np.testing.assert_allclose(
         np.asarray(mean), np.asarray(dj.q_posterior(sched, x0_clip, x_t, t).mean), atol=1e-6
     )

@@ -65,8 +65,11 @@ def example_keys(rng, step, global_batch: int, start=0, count=None):
 
 
 def make_train_step(loss_fn, optimizer, *, ema_decay: float, global_batch: int,
-                    axis_name: str | None = None, loss_takes_step: bool = False):
+                    axis_name: str | None = None):
     """Returns ``train_step(state, batch) -> (state, metrics)``, pure and not yet compiled.
+
+    ``loss_fn(params, batch, keys, *, train, step) -> (loss, metrics)``: keys holds one PRNG key
+    per local example (shape (B,)), step is the state's step counter (e.g. for KL warm-up).
 
     ``axis_name``: set under ``jax.pmap``; gradients and metrics are averaged with ``lax.pmean``.
     Non-finite gradients are skipped by the optimizer (``optax.apply_if_finite``); the EMA is
@@ -79,9 +82,7 @@ def make_train_step(loss_fn, optimizer, *, ema_decay: float, global_batch: int,
         keys = example_keys(state.rng, state.step, global_batch, start, local)
 
         def objective(params):
-            if loss_takes_step:
-                return loss_fn(params, batch, keys, True, step=state.step)
-            return loss_fn(params, batch, keys, True)
+            return loss_fn(params, batch, keys, train=True, step=state.step)
 
         (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         if axis_name:

@@ -1,6 +1,6 @@
 """A deterministic autoencoder with a 2-D latent on the embedded 8×8 digits (experiment 1)."""
 
-from diffusion_jax.config_validation import base_config
+from diffusion_jax.training.config import base_config
 
 
 def get_config():

@@ -5,7 +5,7 @@ Needs the prepared tfds data: `make data DATASET=mnist` (or `python -m diffusion
 --workdir runs/ae_mnist`.
 """
 
-from diffusion_jax.config_validation import base_config
+from diffusion_jax.training.config import base_config
 
 
 def get_config():

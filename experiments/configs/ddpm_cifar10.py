@@ -9,7 +9,7 @@ Needs the prepared tfds "cifar10" and an accelerator: `make data DATASET=cifar10
 `python -m diffusion_jax train --config experiments/configs/ddpm_cifar10.py --workdir runs/cifar`.
 """
 
-from diffusion_jax.config_validation import base_config
+from diffusion_jax.training.config import base_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """DDPM on the embedded 8×8 digits: the main job (`make train`), ≤ 10 minutes on a 2-core CPU."""
 
-from diffusion_jax.config_validation import base_config
+from diffusion_jax.training.config import base_config
 
 
 def get_config():

@@ -5,7 +5,7 @@ middle, dropout 0.1; T = 1000 linear, L_simple, Adam lr 2e-4 (5,000 warm-up step
 grad clip 1, EMA 0.9999, 100k steps. Needs the prepared tfds "mnist" (`make data`).
 """
 
-from diffusion_jax.config_validation import base_config
+from diffusion_jax.training.config import base_config
 
 
 def get_config(dataset: str = "mnist"):

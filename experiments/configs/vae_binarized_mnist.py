@@ -7,7 +7,7 @@ instead of dynamic binarization of the training set, a cosine learning-rate deca
 the paper's 3^i schedule over 3,280 epochs. Needs the prepared tfds "mnist" (`make data`).
 """
 
-from diffusion_jax.config_validation import base_config
+from diffusion_jax.training.config import base_config
 
 
 def get_config():

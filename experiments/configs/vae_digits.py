@@ -3,7 +3,7 @@
 q(z|x) = N(μ(x), diag σ²(x)), p(z) = N(0, I), p(x|z) = N(dec(z), s² I) with a learned scalar s².
 """
 
-from diffusion_jax.config_validation import base_config
+from diffusion_jax.training.config import base_config
 
 
 def get_config():

@@ -21,8 +21,8 @@ import numpy as np
 
 from diffusion_jax.data import pipeline
 from diffusion_jax.models import UNet
-from diffusion_jax.schedules import linear_schedule
-from diffusion_jax.training.losses import make_ddpm_loss
+from diffusion_jax.training.config import base_config
+from diffusion_jax.training.kinds import ddpm
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import ParallelStep, create_train_state, make_train_step
 
@@ -48,9 +48,9 @@ def optim_config(lr: float = 1e-3):
 def build(global_batch: int, num_steps: int, *, dropout: float = 0.0, dtype=jnp.float32):
     """(model, loss_fn, optimizer, step factory) of the tiny DDPM; compiles nothing."""
     model = tiny_unet(dropout, dtype)
-    sched = linear_schedule(T)
-    diff_cfg = types.SimpleNamespace(loss="l_simple", variance="beta", hybrid_weight=0.0)
-    loss_fn = make_ddpm_loss(model, sched, diff_cfg, num_levels=pipeline.DIGITS_SPEC.num_levels)
+    config = base_config("ddpm")
+    config.diffusion.T = T
+    loss_fn = ddpm.make_loss(model, config, num_levels=pipeline.DIGITS_SPEC.num_levels)
     optimizer = make_optimizer(optim_config(), num_steps)
     factory = functools.partial(make_train_step, loss_fn, optimizer, ema_decay=0.9,
                                 global_batch=global_batch)

@@ -1,7 +1,10 @@
 """Faults lose nothing: skipped non-finite updates, corrupt checkpoints, failed saves, reruns."""
 
+import gc
 import json
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import jax
@@ -9,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.config_validation import base_config
 from diffusion_jax.training import trainer
 from diffusion_jax.training.checkpoint import Checkpointer, CheckpointError
+from diffusion_jax.training.config import base_config
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import ParallelStep, create_train_state, make_train_step
 from tests.training.tiny import tiny_config
@@ -130,3 +133,111 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
     assert runs[0] == runs[1]
     assert json.loads(Path(tmp_path / "a" / "summary.json").read_text())["eval"]["bpd"] == \
         json.loads(Path(tmp_path / "b" / "summary.json").read_text())["eval"]["bpd"]
+
+
+def _garble_newest(directory, step):
+    garbled = 0
+    for f in (directory / str(step)).rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "state" in f.parts:
+            f.write_bytes(b"\x00garbage" * 4)
+            garbled += 1
+    assert garbled
+
+
+def test_corrupt_checkpoint_is_quarantined_and_its_step_can_be_saved_again(tmp_path, caplog):
+    ckpt = Checkpointer(tmp_path / "checkpoints", max_to_keep=3)
+    for step in (1, 2):
+        ckpt.save(step, _toy_state(step), {"step": step}, {})
+    _garble_newest(ckpt.directory, 2)
+    files_before = sorted(p.relative_to(ckpt.directory / "2") for p in (ckpt.directory / "2").rglob("*"))
+    with caplog.at_level(logging.WARNING):
+        step, _, data, _ = ckpt.restore_latest(_toy_state(0))
+    assert step == 1 and data == {"step": 1}
+    [(moved_step, moved_to)] = ckpt.quarantined
+    assert moved_step == 2 and moved_to.parent == tmp_path / "checkpoints_quarantine"
+    assert moved_to.name.startswith("2-") and moved_to.name.endswith("Z")
+    assert sorted(p.relative_to(moved_to) for p in moved_to.rglob("*")) == files_before  # kept whole
+    assert not (ckpt.directory / "2").exists() and ckpt.all_steps() == [1]
+    assert str(ckpt.directory / "2") in caplog.text and str(moved_to) in caplog.text
+    ckpt.save(2, _toy_state(7), {"step": 2}, {})  # was StepAlreadyExistsError on every rerun
+    step, state, _, _ = ckpt.restore_latest(_toy_state(0))
+    assert step == 2
+    np.testing.assert_array_equal(state["params"]["w"], np.full((3,), 7.0, np.float32))
+    ckpt.close()
+    rerun = Checkpointer(tmp_path / "checkpoints")  # a new run in the same workdir agrees
+    assert rerun.restore_latest(_toy_state(0))[0] == 2 and rerun.quarantined == []
+    rerun.close()
+
+
+def test_nothing_is_quarantined_when_no_checkpoint_can_be_read(tmp_path):
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    for step in (1, 2):
+        ckpt.save(step, _toy_state(step), {"step": step}, {})
+    other_model = {"params": {"v": np.zeros((3,), np.float32)}, "step": np.int32(0)}  # other tree
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint .*tried steps \[1, 2\]"):
+        ckpt.restore_latest(other_model)
+    assert ckpt.quarantined == [] and ckpt.all_steps() == [1, 2]  # perhaps the config, not the files
+    assert not (tmp_path / "checkpoints_quarantine").exists()
+    ckpt.close()
+
+
+def _assert_one_short_error(excinfo, capfd, caplog, directory):
+    message = str(excinfo.value)
+    assert len(message.splitlines()) == 1 and len(message) < 400, message
+    assert f"saving checkpoint 2 to {directory} failed: No space left on device" in message
+    assert "free space there" in message and "checkpoint 1 is intact" in message
+    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__  # no chained traceback
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == [], [r.getMessage()[:200] for r in noisy]
+    err = capfd.readouterr().err
+    assert len(err.splitlines()) < 5, err[:2000]
+    assert not list(directory.glob("2.orbax-checkpoint-tmp*"))  # its space is given back
+
+
+def _many_leaves(value, n):
+    rng = np.random.default_rng(value)
+    return {"params": {f"w{i}": rng.standard_normal(n).astype(np.float32) for i in range(20)},
+            "step": np.int32(value)}
+
+
+def test_full_disk_is_one_short_error_without_orbax_noise(tmp_path, monkeypatch, capfd, caplog):
+    import orbax.checkpoint as ocp
+
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    ckpt.save(1, _many_leaves(1, 4), {"step": 1}, {})
+
+    async def disk_full(self, value, tspec, ts_context):
+        raise OSError(28, "No space left on device")
+
+    # Fail where tensorstore writes, inside orbax's background threads: orbax then logs one
+    # traceback per failing thread, as on a real full disk.
+    monkeypatch.setattr(ocp.type_handlers.NumpyHandler, "_open_and_write", disk_full)
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError) as excinfo:
+        ckpt.save(2, _many_leaves(2, 4), {"step": 2}, {})
+    _assert_one_short_error(excinfo, capfd, caplog, ckpt.directory)
+    monkeypatch.undo()
+    ckpt.save(2, _many_leaves(2, 4), {"step": 2}, {})  # space freed: the same step saves
+    assert ckpt.restore_latest(_many_leaves(0, 4))[0] == 2
+    ckpt.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # stray-write reports
+def test_full_tmpfs_is_one_short_error_without_orbax_noise(tmp_path, capfd, caplog):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        ckpt = Checkpointer(disk / "ckpt")
+        ckpt.save(1, _many_leaves(1, 4), {"step": 1}, {})
+        capfd.readouterr()
+        with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError) as excinfo:
+            ckpt.save(2, _many_leaves(2, 4000), {"step": 2}, {})  # 320 kB of random floats
+        gc.collect()  # orbax's abandoned write tasks report their errors when collected
+        _assert_one_short_error(excinfo, capfd, caplog, ckpt.directory)
+        ckpt.close()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -1,0 +1,280 @@
+"""Model kind "ddpm": a U-Net ε/x̂_0/v network on the discrete-time diffusion of Ho et al.
+
+Loss, evaluation and sampling all go through the pure core: ``per_example_noise`` / ``q_sample``
+draw (t, ε, x_t), the network is called once, ``reverse_kernel`` (the one adapter) turns its
+output into p_θ(x_{t−1} | x_t) with x̂_0 and ε̂, and ``eps_mse`` / ``vlb_term_at`` /
+``prior_kl`` give the objectives. The test bound is ``diffusion_elbo`` over all T steps.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffusion_jax import elbo as elbo_lib
+from diffusion_jax import samplers
+from diffusion_jax.forward import q_sample
+from diffusion_jax.models import UNet
+from diffusion_jax.reverse import PREDICTIONS, VARIANCES, reverse_kernel
+from diffusion_jax.schedules import Schedule, cosine_schedule, linear_schedule
+from diffusion_jax.training import evaluate as eval_lib
+from diffusion_jax.training.config import (
+    check_choice_key,
+    check_fraction,
+    check_positive_int,
+    check_positive_number,
+)
+from diffusion_jax.training.kinds.common import split_keys
+
+LOSSES = ("l_simple", "vlb", "hybrid")
+SCHEDULES = ("linear", "cosine")
+SAMPLERS = ("ddpm", "ddim")
+DTYPES = ("float32", "bfloat16")
+FINGERPRINT_KEYS = ("model", "diffusion.T", "diffusion.schedule", "diffusion.beta_1",
+                    "diffusion.beta_T", "data.name", "data.binarize")
+CAN_SAMPLE = True
+
+
+def add_config(c: ml_collections.ConfigDict) -> None:
+    m = c.model
+    m.ch = 32
+    m.ch_mult = (1, 2)
+    m.num_res_blocks = 2
+    m.attn_resolutions = (4,)  # image heights (spatial sizes) of the levels with attention
+    m.mid_attention = True
+    m.num_heads = 1
+    m.dropout = 0.0
+    m.num_groups = 8
+    m.prediction = "eps"
+    m.learned_variance = False
+    m.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params and optimizer
+
+    d = c.diffusion = ml_collections.ConfigDict()
+    d.T = 1000
+    d.schedule = "linear"
+    d.beta_1 = 1e-4  # linear schedule only
+    d.beta_T = 0.02  # linear schedule only
+    d.loss = "l_simple"
+    d.variance = "beta"  # σ_t²: beta (fixed large, β̃_2 at t = 1), beta_raw, beta_tilde, learned
+    d.hybrid_weight = 0.001
+
+    c.eval.elbo_chunk_size = 50
+    c.eval.sampler = "ddpm"
+    c.eval.ddim_steps = 100
+
+
+def validate(config) -> None:
+    m, d = config.model, config.diffusion
+    for key in ("model.ch", "model.num_res_blocks", "model.num_heads", "model.num_groups",
+                "diffusion.T", "eval.elbo_chunk_size", "eval.ddim_steps"):
+        check_positive_int(config, key)
+    if d.T < 2:
+        raise ValueError(f"config.diffusion.T must be at least 2, got {d.T}.")
+    check_choice_key(config, "diffusion.schedule", SCHEDULES)
+    check_choice_key(config, "diffusion.loss", LOSSES)
+    check_choice_key(config, "diffusion.variance", VARIANCES)
+    check_choice_key(config, "model.prediction", PREDICTIONS)
+    check_choice_key(config, "model.dtype", DTYPES)
+    check_choice_key(config, "eval.sampler", SAMPLERS)
+    check_fraction(config, "model.dropout")
+    check_positive_number(config, "diffusion.hybrid_weight", allow_zero=True)
+    if d.schedule == "linear":
+        for key in ("diffusion.beta_1", "diffusion.beta_T"):
+            value = config.diffusion[key.split(".")[1]]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+                raise ValueError(f"config.{key} must lie in the open interval (0, 1), got {value!r}.")
+        if d.beta_1 > d.beta_T:
+            raise ValueError(f"config.diffusion.beta_1 ({d.beta_1}) must not exceed "
+                             f"config.diffusion.beta_T ({d.beta_T}).")
+    if (d.loss == "hybrid" or d.variance == "learned") != bool(m.learned_variance):
+        if m.learned_variance:
+            raise ValueError("config.model.learned_variance=True needs diffusion.variance='learned' "
+                             "(the network's variance output would be ignored otherwise).")
+        key = "diffusion.loss='hybrid'" if d.loss == "hybrid" else "diffusion.variance='learned'"
+        raise ValueError(f"config.{key} needs config.model.learned_variance=True.")
+    if d.loss == "hybrid" and d.variance != "learned":
+        raise ValueError("config.diffusion.loss='hybrid' needs config.diffusion.variance='learned'.")
+    if config.eval.sampler == "ddim" and config.eval.ddim_steps > d.T:
+        raise ValueError(f"config.eval.ddim_steps ({config.eval.ddim_steps}) must not exceed "
+                         f"config.diffusion.T ({d.T}).")
+    channels = [m.ch * k for k in m.ch_mult]
+    for ch in [m.ch, *channels]:
+        if ch % m.num_groups:
+            raise ValueError(f"config.model.num_groups={m.num_groups} must divide every channel "
+                             f"count of the U-Net {sorted(set([m.ch, *channels]))}; {ch} is not "
+                             f"divisible by it.")
+
+
+def build_schedule(diff_cfg) -> Schedule:
+    if diff_cfg.schedule == "linear":
+        return linear_schedule(int(diff_cfg.T), beta_1=diff_cfg.beta_1, beta_T=diff_cfg.beta_T)
+    return cosine_schedule(int(diff_cfg.T))
+
+
+def build(config, image_shape):
+    m = config.model
+    unet = UNet(
+        ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+        attn_resolutions=tuple(m.attn_resolutions), mid_attention=m.mid_attention,
+        num_heads=m.num_heads, dropout=m.dropout, num_groups=m.num_groups,
+        prediction=m.prediction, learned_variance=m.learned_variance, dtype=jnp.dtype(m.dtype),
+    )
+    unet.check_image_shape(image_shape[0], image_shape[1])
+    levels = [image_shape[0] // 2**i for i in range(len(m.ch_mult))]
+    unknown = [r for r in m.attn_resolutions if r not in levels]
+    if unknown:
+        raise ValueError(f"config.model.attn_resolutions={tuple(m.attn_resolutions)}: {unknown} "
+                         f"match no level of this U-Net; its levels have spatial sizes {levels} "
+                         f"(image {image_shape[0]}x{image_shape[1]}, ch_mult={tuple(m.ch_mult)}).")
+    return unet
+
+
+def init_params(model, image_shape, key):
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    init = jax.jit(lambda k: model.init(k, dummy, jnp.ones((1,), jnp.int32), train=False))
+    return init(key)["params"]
+
+
+def network_fn(model, params, *, train: bool = False, rngs=None):
+    """(x_t, t (B,)) -> the network's raw float32 output (the adapter's input)."""
+
+    def fn(x_t, t):
+        out = model.apply({"params": params}, x_t, t, train=train, rngs=rngs or {})
+        return out.astype(jnp.float32)
+
+    return fn
+
+
+def reverse_fn(model, params, sched: Schedule, *, variance: str, clip_x0: bool = False):
+    """reverse_fn(x_t, t (B,)) -> (mean, var) of p_θ(x_{t−1} | x_t), for ``diffusion_elbo``."""
+    net = network_fn(model, params)
+
+    def fn(x_t, t):
+        k = reverse_kernel(net(x_t, t), sched, x_t, t, prediction=model.prediction,
+                           variance=variance, clip_x0=clip_x0)
+        return k.mean, k.var
+
+    return fn
+
+
+def make_loss(model, config, *, num_levels: int):
+    """L_simple, the VLB (single-t unbiased estimate of −ELBO, in bits/dim) or the hybrid.
+
+    One network call per example at t ~ U{1..T}: ε̂ (through the adapter) gives the ε-MSE, the
+    reverse kernel gives the bound's term at t (``vlb_term_at``: the decoder NLL at t = 1, the
+    denoising KL at t ≥ 2) and −ELBO ≈ prior_kl + T · term. Hybrid (Nichol & Dhariwal):
+    ε-MSE + λ · VLB with the mean's gradient stopped in the VLB.
+    """
+    d = config.diffusion
+    sched = build_schedule(d)
+    T = sched.T
+
+    def loss_fn(params, batch, keys, *, train: bool, step=None):
+        del step
+        x0 = batch["image"]
+        key_noise, key_dropout = split_keys(keys, 2)
+        t, noise = elbo_lib.per_example_noise(key_noise, x0, T)
+        x_t = q_sample(sched, x0, t, noise)
+        rngs = {"dropout": key_dropout[0]} if train else None
+        output = network_fn(model, params, train=train, rngs=rngs)(x_t, t)
+        kernel = reverse_kernel(output, sched, x_t, t, prediction=model.prediction,
+                                variance=d.variance)
+        mse = elbo_lib.eps_mse(noise, kernel.eps_hat)
+        if d.loss == "hybrid":  # the bound trains the variance only
+            kernel = reverse_kernel(output, sched, x_t, t, prediction=model.prediction,
+                                    variance=d.variance, stop_gradient_mean=True)
+        term = elbo_lib.vlb_term_at(sched, x0, x_t, t, kernel.mean, kernel.var,
+                                    decoder="discretized", num_levels=num_levels)
+        vlb_bpd = elbo_lib.bits_per_dim(-(elbo_lib.prior_kl(sched, x0) + T * term), x0[0].size)
+        if d.loss == "l_simple":
+            loss = mse.mean()
+        elif d.loss == "vlb":
+            loss = vlb_bpd.mean()
+        else:
+            loss = mse.mean() + d.hybrid_weight * vlb_bpd.mean()
+        return loss, {"loss": loss, "mse_eps": mse.mean(), "vlb_bpd": vlb_bpd.mean()}
+
+    return loss_fn
+
+
+def evaluate(config, model, params, images, key, *, num_levels: int, cache_dir=None,
+             cache_tag=None, progress: bool = True) -> dict:
+    """The full T-term ELBO over ``images`` (per term, nats and bits/dim ± standard error).
+
+    Resumable: finished batches are kept in ``cache_dir/eval_partial.npz``, keyed by
+    ``cache_tag`` (checkpoint step and parameter fingerprint) and every setting that changes
+    the numbers (schedule tables, variance, decoder, levels, form, batches, key, images); the
+    file is removed when the evaluation completes.
+    """
+    sched = build_schedule(config.diffusion)
+    variance, form, chunk = config.diffusion.variance, "ddpm", config.eval.elbo_chunk_size
+    dims = int(np.prod(images.shape[1:]))
+
+    @jax.jit
+    def evaluate_batch(params, x0, batch_key):
+        rfn = reverse_fn(model, params, sched, variance=variance)
+        return elbo_lib.diffusion_elbo(rfn, sched, x0, batch_key, form=form, decoder="discretized",
+                                       num_levels=num_levels, chunk_size=chunk, return_per_t=True)
+
+    settings = {"kind": "ddpm", "tag": cache_tag, "variance": variance, "form": form,
+                "decoder": "discretized", "num_levels": num_levels, "T": sched.T,
+                "betas": eval_lib.array_digest(sched.betas),
+                "prediction": model.prediction, "params": eval_lib.tree_digest(params)}
+    results = eval_lib.evaluate_in_batches(
+        lambda x, k: evaluate_batch(params, x, k), images, key,
+        batch_size=config.eval.batch_size, settings=settings, cache_dir=cache_dir,
+        desc="full ELBO", progress=progress)
+    report = {"num_examples": int(images.shape[0]), "T": sched.T, "form": form,
+              "variance": variance, "num_levels": num_levels}
+    for k, v in results.items():
+        if k == "per_t":
+            # per_t holds loss terms (nats lost at each t): their bits/dim are those of −term.
+            report["per_t_bpd"] = np.asarray(elbo_lib.bits_per_dim(-v.mean(0), dims)).tolist()
+            continue
+        report[f"{k}_nats"], report[f"{k}_nats_se"] = eval_lib.mean_and_stderr(v)
+    bpd = np.asarray(elbo_lib.bits_per_dim(results["total"], dims))
+    report["bpd"], report["bpd_se"] = eval_lib.mean_and_stderr(bpd)
+    return report
+
+
+def summary_lines(ev: dict) -> list[str]:
+    return [f"test ELBO: {ev['bpd']:.4f} ± {ev['bpd_se']:.4f} bits/dim "
+            f"({-ev['total_nats']:.2f} ± {ev['total_nats_se']:.2f} nats NLL bound per example, "
+            f"{ev['num_examples']} test examples, T = {ev['T']}, decoder variance "
+            f"{ev['variance']!r}, {ev['num_levels']} levels)"]
+
+
+def sample(config, model, params, key, *, num_samples: int, image_shape, sampler=None,
+           progress: bool = True, chunk: int = 100) -> np.ndarray:
+    """(num_samples, H, W, C) in [−1, 1]: ancestral DDPM (compiled chunks) or DDIM.
+
+    ``sampler`` overrides ``config.eval.sampler``; DDIM takes ``config.eval.ddim_steps`` steps.
+    """
+    sched = build_schedule(config.diffusion)
+    sampler = config.eval.sampler if sampler is None else sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+    shape = (int(num_samples), *image_shape)
+    net = network_fn(model, params)
+    variance = config.diffusion.variance
+    if sampler == "ddim":
+        steps = int(config.eval.ddim_steps)
+        if steps > sched.T:
+            raise ValueError(f"config.eval.ddim_steps ({steps}) must lie in 1..diffusion.T "
+                             f"({sched.T}); pass --config.eval.ddim_steps=N with N <= {sched.T}.")
+        return np.asarray(samplers.ddim_sample(net, sched, key, shape, num_steps=steps,
+                                               prediction=model.prediction, clip_x0=True,
+                                               variance_output=model.learned_variance))
+    x = None
+    chunks = samplers.ddpm_sample_chunks(net, sched, key, shape, variance=variance,
+                                         prediction=model.prediction, clip_x0=True, chunk=chunk)
+    with tqdm(total=sched.T, desc="sampling", unit="step", disable=not progress) as bar:
+        last = sched.T
+        for t, x_t in chunks:
+            x_t.block_until_ready()  # dispatch is async: the bar must follow the real work
+            bar.update(last - t)
+            last, x = t, x_t
+    return np.asarray(x)
