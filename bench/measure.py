@@ -30,7 +30,6 @@ from diffusion_jax.models import UNet, num_params, timestep_embedding, unet_benc
 from diffusion_jax.samplers import ddpm_denoise, ddpm_sample, make_ddpm_step
 from diffusion_jax.schedules import linear_schedule
 from diffusion_jax.training.config import base_config
-from diffusion_jax.training.evaluate import ddpm_reverse_fn
 from diffusion_jax.training.kinds import ddpm as ddpm_kind
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import ParallelStep, create_train_state, make_train_step
@@ -42,7 +41,7 @@ class TinyEpsMLP(nn.Module):
     """A small ε-network for the "small network" ELBO target: x (B, H, W, C), t (B,) → (B, H, W, C).
 
     ε̂ = W_3 SiLU(W_2 SiLU(W_1 [flatten(x), sinusoidal(t, 32)])). It carries the two fields that
-    ``ddpm_reverse_fn`` reads from a U-Net (``prediction``, ``learned_variance``).
+    ``ddpm_kind.reverse_fn`` reads from a U-Net (``prediction``, ``learned_variance``).
     """
 
     hidden: int = 128
@@ -289,7 +288,7 @@ def elbo_task(*, net: str, image_shape, batch: int, T: int, T_timed: int, chunks
     warmup = 2 if T_timed == T else 0  # the small networks' ELBO takes milliseconds
 
     def reverse(p):
-        return ddpm_reverse_fn(model, p, sched, variance="beta")
+        return ddpm_kind.reverse_fn(model, p, sched, variance="beta")  # t of shape (B,)
 
     chunked, totals = {}, {}
     for chunk in chunks:

@@ -42,7 +42,7 @@ HINT = "(rerun with --verbose or DIFFUSION_JAX_VERBOSE=1 for the traceback)"
 
 # name -> (type, default, commands that take it, help)
 _RUN = ("train", "evaluate", "sample")
-FLAGS = {
+FLAG_SPECS = {
     "config": (str, None, _RUN, "an experiment config (.py, or file.py:arg) or a run's config.json"),
     "workdir": (str, None, _RUN, "the run directory: checkpoints, metrics, figures"),
     "num_samples": (int, 64, ("sample",), "how many images to draw"),
@@ -155,11 +155,13 @@ def _known_errors() -> tuple:
 
 
 def _describe(e: BaseException) -> str:
-    """The library's own message for its errors; the first line of anything else."""
+    """The library's own message for its errors (a few lines at most: e.g. the commands that
+    prepare a data set); the first line of anything else."""
     text = str(e).strip()
-    if isinstance(e, _known_errors()) and text:
+    lines = text.splitlines()
+    if isinstance(e, _known_errors()) and text and len(lines) <= 6:
         return text
-    first = text.splitlines()[0] if text else ""
+    first = lines[0] if lines else ""
     if len(first) > 300:
         first = first[:300] + " ..."
     message = f"{type(e).__name__}: {first}" if first else type(e).__name__
@@ -220,10 +222,10 @@ def _usage(command: str | None = None) -> str:
     commands = [command] if command else list(COMMANDS)
     lines = [f"usage: python -m diffusion_jax {{{','.join(COMMANDS)}}} [flags]"]
     for cmd in commands:
-        names = [n for n, spec in FLAGS.items() if cmd in spec[2]]
+        names = [n for n, spec in FLAG_SPECS.items() if cmd in spec[2]]
         lines.append(f"\n{cmd}:")
         for n in names:
-            typ, default, _, text = FLAGS[n]
+            typ, default, _, text = FLAG_SPECS[n]
             shown = f" (default {default})" if default is not None else ""
             lines.append(f"  --{n}: {text}{shown}")
         if cmd in _RUN:
@@ -252,7 +254,7 @@ def _parse_argv(argv):
         hint = difflib.get_close_matches(command, COMMANDS, n=1)
         extra = f"; did you mean {hint[0]!r}?" if hint else f"; choose one of {', '.join(COMMANDS)}."
         raise UsageError(f"unknown command {command!r}{extra}")
-    values = {n: spec[1] for n, spec in FLAGS.items()}
+    values = {n: spec[1] for n, spec in FLAG_SPECS.items()}
     overrides = []
     i = 0
     while i < len(rest):
@@ -280,17 +282,17 @@ def _parse_argv(argv):
                 raw = None
             overrides.append((key, raw, arg if eq or raw is None else f"{arg} {raw}"))
             continue
-        negated = name.startswith("no") and name[2:] in FLAGS and FLAGS[name[2:]][0] is bool
+        negated = name.startswith("no") and name[2:] in FLAG_SPECS and FLAG_SPECS[name[2:]][0] is bool
         flag = name[2:] if negated else name
-        if flag not in FLAGS:
-            names = [n for n, spec in FLAGS.items() if command in spec[2]]
+        if flag not in FLAG_SPECS:
+            names = [n for n, spec in FLAG_SPECS.items() if command in spec[2]]
             hint = difflib.get_close_matches(flag, names, n=1)
             extra = f"; did you mean --{hint[0]}?" if hint else ""
             raise UsageError(f"unknown flag --{flag} for {command}{extra} "
                              f"(python -m diffusion_jax {command} --help lists them)")
-        typ, _, commands, _ = FLAGS[flag]
+        typ, _, commands, _ = FLAG_SPECS[flag]
         if command not in commands:
-            raise UsageError(f"--{flag} is a flag of {' and '.join(commands)}, not of {command}.")
+            raise UsageError(f"--{flag} is a flag of {', '.join(commands)}; not of {command}.")
         if typ is bool:
             if negated or not eq:
                 values[flag] = not negated

@@ -36,7 +36,7 @@ from PIL import Image
 
 import diffusion_jax as dj
 from diffusion_jax.data import pipeline
-from diffusion_jax.training import evaluate as eval_lib
+from diffusion_jax.training.kinds import ddpm as ddpm_kind
 from experiments import common
 from experiments.configs import ddpm_digits
 from experiments.gaussian_model import GaussianData, LinearGaussianReverse
@@ -74,8 +74,12 @@ def make_schedule(T: int, kind: str):
     return dj.cosine_schedule(T) if kind == "cosine" else dj.linear_schedule(T)
 
 
-def make_estimator(sched, form: str, *, decoder: str, num_levels: int = 256, chunk_size: int = 50):
+def make_estimator(sched, form: str, *, decoder: str, num_levels: int | None = None,
+                   chunk_size: int = 50):
     """jit(build_reverse_fn, params, x0 (N, ...), keys (R,)) -> (R, 2, N) estimates in nats.
+
+    ``build_reverse_fn(params)`` returns a ``reverse_fn(x_t, t)`` taking t of shape (B,) (the
+    package's convention); ``num_levels`` is required with ``decoder="discretized"``.
 
     Row 0: the ELBO estimate ("total"); row 1: its reconstruction term log p_θ(x_0|x_1) (one
     sample of x_1), which the three forms share in expectation — its spread shows where an
@@ -195,7 +199,7 @@ def run_ddpm(args, Ts, key) -> tuple[dict, dict]:
         keys = jax.random.split(jax.random.fold_in(key, T), R)
 
         def build(p, model=model, sched=sched, variance=variance):
-            return eval_lib.ddpm_reverse_fn(model, p, sched, variance=variance)
+            return ddpm_kind.reverse_fn(model, p, sched, variance=variance)  # t: (B,)
 
         estimates = {}
         for form in FORMS:

@@ -19,7 +19,7 @@ import pytest
 
 from diffusion_jax import cli
 from diffusion_jax.training import trainer
-from diffusion_jax.training.checkpoint import Checkpointer, CheckpointError
+from diffusion_jax.training.checkpoint import Checkpointer
 from diffusion_jax.training.workdir import RunLock, write_json_atomic
 from tests.training.tiny import tiny_config
 
@@ -110,7 +110,7 @@ def test_missing_or_wrong_config_file(capfd, tmp_path):
     _short(err, "config file nope.py not found", "experiments/configs/ddpm_digits.py", lines=1)
     code, _, err = _cli(capfd, "train", "--config", "experiments/configs/ddpm_digit.py", "--workdir", tmp_path)
     assert code == 2
-    _short(err, "did you mean experiments/configs/ddpm_digits.py?")
+    _short(err, "Did you mean experiments/configs/ddpm_digits.py?")
     broken = tmp_path / "broken.py"
     broken.write_text("def get_config(:\n")
     code, _, err = _cli(capfd, "train", "--config", broken, "--workdir", tmp_path / "w")
@@ -244,7 +244,8 @@ def test_train_evaluate_sample_with_the_runs_config_json(capfd, tmp_path):
 
     # 5 samples in batches of 2: 3 batches, the last partial; batch b uses fold_in(key, b).
     code, out, err = _cli(capfd, "sample", "--config", config_json, "--workdir", workdir,
-                          "--num_samples=5", "--batch_size=2", "--seed=3", "--progress=false")
+                          "--num_samples=5", "--batch_size=2", "--seed=3", "--sampler=ddim",
+                          "--progress=false")
     assert code == 0, err
     npy = workdir / "samples" / "sample_step2_seed3.npy"
     png = npy.with_suffix(".png")
@@ -257,7 +258,7 @@ def test_train_evaluate_sample_with_the_runs_config_json(capfd, tmp_path):
     trained = trainer.load_trained(config, workdir)
     first = trained.kind.sample(config, trained.model, trained.params,
                                 jax.random.fold_in(jax.random.key(3), 0), num_samples=2,
-                                image_shape=trained.image_shape, progress=False)
+                                image_shape=trained.image_shape, sampler="ddim", progress=False)
     np.testing.assert_array_equal(samples[:2], np.asarray(first, np.float32))
     assert not np.array_equal(samples[2:4], samples[:2])
 

@@ -455,11 +455,13 @@ class BatchIterator:
         if "step" not in state:
             raise ValueError(f"state must contain 'step', got keys {sorted(state)}.")
         current = self.get_state()
-        for key in ("seed", "global_batch_size", "num_examples"):
+        for key, config_key in (("seed", "config.seed"), ("global_batch_size", "config.data.batch_size"),
+                                ("num_examples", "config.data.name / train_split")):
             if key in state and int(state[key]) != current[key]:
                 raise ValueError(
                     f"cannot resume: the saved state has {key}={state[key]} but this dataset "
-                    f"has {key}={current[key]}, so the batch order would differ."
+                    f"has {key}={current[key]} ({config_key}), so the batch order would differ; "
+                    f"resume with the run's value, or use another --workdir."
                 )
         step = _check_int("state['step']", state["step"], 0)
         self.close()

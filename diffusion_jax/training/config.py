@@ -19,6 +19,9 @@ import ml_collections
 from diffusion_jax._checks import check_choice
 
 OPTIMIZERS = ("adamw", "adam")
+# jax.random.key(seed) keeps only the low 32 bits (key(2**32) == key(0)) and the data pipeline
+# takes no negative seed: seeds are 0..2**32 - 1.
+MAX_SEED = 2**32 - 1
 DECAYS = ("constant", "cosine")
 PARALLEL_MODES = ("none", "sharding", "pmap")
 
@@ -98,7 +101,7 @@ def load_config_json(path) -> ml_collections.ConfigDict:
         return x
 
     base = base_config(data["model_kind"])
-    check_unknown_keys(ml_collections.ConfigDict(tuples(data)), base)
+    check_keys_of_kind(ml_collections.ConfigDict(tuples(data)), base)
     base.update(tuples(data))
     return base
 
@@ -154,10 +157,14 @@ def validate_config(config) -> None:
     from diffusion_jax.training import kinds
 
     kind = kinds.get(config.get("model_kind"))
-    check_unknown_keys(config, base_config(config.model_kind))
-    check_missing_keys(config, base_config(config.model_kind))
+    base = base_config(config.model_kind)
+    check_keys_of_kind(config, base)
+    check_missing_keys(config, base, model_kind=config.model_kind)
     if isinstance(config.seed, bool) or not isinstance(config.seed, int):
         raise ValueError(f"config.seed must be an int, got {config.seed!r}.")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ValueError(f"config.seed must lie in 0..{MAX_SEED}, got {config.seed} (JAX keys hold "
+                         f"32 bits: seed 2**32 would repeat seed 0; the data order needs seed >= 0).")
     for key in ("data.batch_size", "train.num_steps", "train.log_every", "train.checkpoint_every",
                 "train.keep_checkpoints", "train.max_consecutive_skips", "eval.batch_size",
                 "eval.num_samples", "eval.periodic_examples"):
@@ -170,6 +177,9 @@ def validate_config(config) -> None:
     check_positive_number(config, "optim.grad_clip", allow_zero=True)
     for key in ("optim.b1", "optim.b2", "optim.ema_decay"):
         check_fraction(config, key)
+    from diffusion_jax.data.pipeline import DATASETS
+
+    check_choice_key(config, "data.name", DATASETS)
     check_choice_key(config, "optim.optimizer", OPTIMIZERS)
     check_choice_key(config, "optim.decay", DECAYS)
     check_choice_key(config, "train.parallel", PARALLEL_MODES)
@@ -177,6 +187,53 @@ def validate_config(config) -> None:
         raise ValueError(f"config.optim.warmup_steps ({config.optim.warmup_steps}) must not exceed "
                          f"config.train.num_steps ({config.train.num_steps}).")
     kind.validate(config)
+    _check_dequantize(config)
+
+
+def _check_dequantize(config) -> None:
+    """data.dequantize spreads each pixel uniformly over its level's bin: for continuous
+    densities only. A discretized (DDPM) or Bernoulli decoder scored on dequantized pixels gives
+    a loss and bits/dim that are no bound at all, and no check inside jit would say so."""
+    if not config.data.dequantize:
+        return
+    if config.model_kind == "ddpm":
+        decoder = "a DDPM scores pixels with the discretized decoder, which needs them on their levels"
+    elif config.model_kind == "vae" and config.model.get("decoder") == "bernoulli":
+        decoder = "the Bernoulli decoder needs pixels in {0, 1}"
+    else:
+        return
+    raise ValueError(f"config.data.dequantize=True adds uniform noise within each pixel's bin (for "
+                     f"continuous densities), but {decoder}; set config.data.dequantize=False.")
+
+
+def check_keys_of_kind(config, reference) -> None:
+    """``check_unknown_keys``, and when the keys are those of another model kind (model_kind
+    changed, the rest not), says so instead of naming only the first stray key."""
+    from diffusion_jax.training import kinds
+
+    stray = _first_unknown_key(config, reference)
+    if stray is None:
+        return
+    given = reference.get("model_kind")
+    fits = [name for name in kinds.KINDS
+            if name != given and _first_unknown_key(config, base_config(name)) is None]
+    if fits:
+        raise ValueError(f"config.model_kind is {given!r}, but the other keys are those of model_kind "
+                         f"{fits[0]!r} (e.g. '{stray}'); start from base_config({given!r}) or a "
+                         f"{given} experiment config instead of changing model_kind alone.")
+    check_unknown_keys(config, reference)
+
+
+def _first_unknown_key(config, reference, prefix: str = ""):
+    for key in config.keys():
+        if key not in reference:
+            return f"{prefix}{key}"
+        if isinstance(config[key], ml_collections.ConfigDict) and isinstance(
+                reference[key], ml_collections.ConfigDict):
+            found = _first_unknown_key(config[key], reference[key], f"{prefix}{key}.")
+            if found:
+                return found
+    return None
 
 
 def check_unknown_keys(config, reference, prefix: str = "") -> None:
@@ -192,11 +249,17 @@ def check_unknown_keys(config, reference, prefix: str = "") -> None:
             check_unknown_keys(config[key], reference[key], prefix=f"{prefix}{key}.")
 
 
-def check_missing_keys(config, reference, prefix: str = "") -> None:
+def check_missing_keys(config, reference, prefix: str = "", *, model_kind=None) -> None:
     """Every key of ``reference`` must exist in ``config`` (a config built by hand may lack one)."""
+    model_kind = reference.get("model_kind") if model_kind is None else model_kind
     for key in reference.keys():
         if key not in config:
-            raise ValueError(f"config key {prefix}{key!r} is missing; start from "
-                             f"diffusion_jax.training.config.base_config({config.get('model_kind')!r}).")
+            raise ValueError(f"config key '{prefix}{key}' is missing; start from "
+                             f"diffusion_jax.training.config.base_config({model_kind!r}).")
         if isinstance(reference[key], ml_collections.ConfigDict):
-            check_missing_keys(config[key], reference[key], prefix=f"{prefix}{key}.")
+            if not isinstance(config[key], ml_collections.ConfigDict):
+                raise ValueError(f"config.{prefix}{key} must be a section (a ConfigDict of "
+                                 f"{', '.join(sorted(reference[key].keys()))}), got "
+                                 f"{config[key]!r}.")
+            check_missing_keys(config[key], reference[key], prefix=f"{prefix}{key}.",
+                               model_kind=model_kind)

@@ -39,9 +39,13 @@ class TrainState:
     opt_state: Any
     ema_params: Any
     rng: jax.Array  # raw uint32 key data (2,): the run's base key
+    # State of the objective itself (e.g. the loss history of importance-sampled t); an empty
+    # dict when the objective has none.
+    loss_state: Any = flax.struct.field(default_factory=dict)
 
 
-def create_train_state(params, optimizer: optax.GradientTransformation, rng) -> TrainState:
+def create_train_state(params, optimizer: optax.GradientTransformation, rng,
+                       loss_state=None) -> TrainState:
     rng = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -49,6 +53,7 @@ def create_train_state(params, optimizer: optax.GradientTransformation, rng) -> 
         opt_state=optimizer.init(params),
         ema_params=jax.tree.map(jnp.copy, params),
         rng=jnp.asarray(rng, jnp.uint32),
+        loss_state={} if loss_state is None else loss_state,
     )
 
 
@@ -65,11 +70,15 @@ def example_keys(rng, step, global_batch: int, start=0, count=None):
 
 
 def make_train_step(loss_fn, optimizer, *, ema_decay: float, global_batch: int,
-                    axis_name: str | None = None):
+                    axis_name: str | None = None, update_loss_state=None):
     """Returns ``train_step(state, batch) -> (state, metrics)``, pure and not yet compiled.
 
     ``loss_fn(params, batch, keys, *, train, step) -> (loss, metrics)``: keys holds one PRNG key
     per local example (shape (B,)), step is the state's step counter (e.g. for KL warm-up).
+    With ``update_loss_state(loss_state, per_example) -> loss_state`` the loss_fn also takes
+    ``loss_state=`` and returns per-example statistics under ``metrics["per_example"]``; they
+    are gathered over the global batch (under pmap) before the update, so every device keeps
+    the same state.
 
     ``axis_name``: set under ``jax.pmap``; gradients and metrics are averaged with ``lax.pmean``.
     Non-finite gradients are skipped by the optimizer (``optax.apply_if_finite``); the EMA is
@@ -82,12 +91,21 @@ def make_train_step(loss_fn, optimizer, *, ema_decay: float, global_batch: int,
         keys = example_keys(state.rng, state.step, global_batch, start, local)
 
         def objective(params):
-            return loss_fn(params, batch, keys, train=True, step=state.step)
+            if update_loss_state is None:
+                return loss_fn(params, batch, keys, train=True, step=state.step)
+            return loss_fn(params, batch, keys, train=True, step=state.step,
+                           loss_state=state.loss_state)
 
         (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        per_example = metrics.pop("per_example", None)
         if axis_name:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)
+        loss_state = state.loss_state
+        if update_loss_state is not None:
+            if axis_name:
+                per_example = jax.lax.all_gather(per_example, axis_name, tiled=True)
+            loss_state = update_loss_state(loss_state, per_example)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = opt_state.last_finite
@@ -97,7 +115,7 @@ def make_train_step(loss_fn, optimizer, *, ema_decay: float, global_batch: int,
                        skipped=1 - finite.astype(jnp.int32),
                        consecutive_skips=opt_state.notfinite_count)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  ema_params=ema_params)
+                                  ema_params=ema_params, loss_state=loss_state)
         return new_state, metrics
 
     return train_step

@@ -77,6 +77,11 @@ def check_matches_workdir(config, workdir) -> None:
         log.warning("cannot read %s (%s); relying on the checkpoint metadata", path, e)
         return
     ours = fingerprint_values(config)
+    if theirs["model_kind"] != ours["model_kind"]:
+        raise ConfigMismatch(
+            f"the config is a {ours['model_kind']!r} model but {workdir} holds a "
+            f"{theirs['model_kind']!r} run. Pass the run's own config (--config {path}), or use "
+            f"another --workdir.")
     diffs = _differences(theirs, ours)
     if diffs:
         listed = "; ".join(f"{k}: workdir {a!r}, given {b!r}" for k, a, b in diffs[:6])
@@ -201,7 +206,7 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
     # An rbg key for initialisation: threefry's unrolled hash makes the init jit compile 4-5x
     # slower on CPU (17-22 s vs 4-8 s) for the many random tensors an initialiser draws.
     params = kind.init_params(model, image_shape, jax.random.key(cfg.seed, impl="rbg"))
-    state = create_train_state(params, optimizer, train_key)
+    state = create_train_state(params, optimizer, train_key, kind.init_loss_state(cfg))
     param_count = num_params(params)
 
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
@@ -226,7 +231,8 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
         write_json_atomic(workdir / "run_info.json", info)
 
     factory = functools.partial(make_train_step, loss_fn, optimizer, ema_decay=cfg.optim.ema_decay,
-                                global_batch=cfg.data.batch_size)
+                                global_batch=cfg.data.batch_size,
+                                update_loss_state=kind.loss_state_update(cfg))
     step_fn = ParallelStep(lambda axis_name: factory(axis_name=axis_name), mode=cfg.train.parallel,
                            global_batch=cfg.data.batch_size)
     state = step_fn.put_state(state)
@@ -412,10 +418,11 @@ def load_trained(config, workdir) -> Trained:
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     params = jax.eval_shape(lambda: kind.init_params(model, image_shape, jax.random.key(0)))
     abstract = jax.eval_shape(lambda: create_train_state(
-        jax.tree.map(jnp.zeros_like, params), optimizer, jax.random.key(0)))
+        jax.tree.map(jnp.zeros_like, params), optimizer, jax.random.key(0),
+        kind.init_loss_state(config)))
     ckpt = Checkpointer(ckpt_dir)
     try:
-        step, state, _, meta = ckpt.restore_latest(abstract)
+        step, state, _, meta = ckpt.restore_latest(abstract, quarantine=False)
     finally:
         ckpt.close()
     if meta.get("config_fingerprint") != config_fingerprint(config):

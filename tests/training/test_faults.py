@@ -23,7 +23,7 @@ from tests.training.tiny import tiny_config
 def _toy_step():
     """A 2-parameter regression whose loss is NaN whenever the batch's flag says so."""
 
-    def loss_fn(params, batch, keys, train):
+    def loss_fn(params, batch, keys, *, train, step):
         err = batch["image"][:, 0] * params["w"] + params["b"] - 1.0
         loss = jnp.mean(err**2) * jnp.where(batch["label"][0] > 0, jnp.nan, 1.0)
         return loss, {"loss": loss}
@@ -56,18 +56,20 @@ def test_non_finite_update_is_skipped_and_counted():
 
 
 def test_run_stops_after_consecutive_skips(tmp_path, monkeypatch):
-    real_make_loss = trainer.make_loss
+    from diffusion_jax.training.kinds import ddpm
+
+    real_make_loss = ddpm.make_loss
 
     def poisoned(*args, **kwargs):
         loss_fn = real_make_loss(*args, **kwargs)
 
-        def wrapped(params, batch, keys, train, **kw):
-            loss, metrics = loss_fn(params, batch, keys, train, **kw)
+        def wrapped(params, batch, keys, **kw):
+            loss, metrics = loss_fn(params, batch, keys, **kw)
             return loss * jnp.nan, metrics
 
         return wrapped
 
-    monkeypatch.setattr(trainer, "make_loss", poisoned)
+    monkeypatch.setattr(ddpm, "make_loss", poisoned)
     config = tiny_config("ddpm", train__num_steps=10, train__max_consecutive_skips=3,
                          train__eval_every=0)
     with pytest.raises(trainer.TrainingStopped,

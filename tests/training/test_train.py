@@ -1,9 +1,6 @@
 """One real train step of each model, on digits and on mocked tfds data; evaluate and sample."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +10,6 @@ import tensorflow_datasets as tfds
 from diffusion_jax.data import tfds_data
 from diffusion_jax.training import trainer
 from tests.training.tiny import tiny_config
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _records(workdir):
@@ -96,41 +91,3 @@ def test_one_train_step_on_mocked_tfds_mnist(tmp_path, monkeypatch):
         summary = trainer.train_and_evaluate(config, tmp_path, progress=False)
     assert summary["step"] == 1 and np.isfinite(summary["final_train_metrics"]["loss"])
     assert summary["eval"]["num_examples"] == 8 and np.isfinite(summary["eval"]["bpd"])
-
-
-def _cli(*args, timeout=240):
-    env = dict(os.environ, XLA_FLAGS="")
-    return subprocess.run([sys.executable, "-m", "diffusion_jax", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def _tiny_flags(workdir):
-    return ["--config", "experiments/configs/ddpm_digits.py", "--workdir", str(workdir),
-            "--config.model.ch=8", "--config.model.num_groups=4", "--config.diffusion.T=20",
-            "--config.eval.max_examples=16", "--config.eval.batch_size=8", "--progress=false",
-            "--config.eval.elbo_chunk_size=10", "--config.eval.ddim_steps=10"]
-
-
-def test_cli_train_evaluate_sample(tmp_path):
-    workdir = tmp_path / "run"
-    flags = _tiny_flags(workdir)
-    out = _cli("train", *flags, "--config.train.num_steps=2", "--config.data.batch_size=8",
-               "--config.eval.num_samples=4")
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "bits/dim" in out.stdout and "samples:" in out.stdout
-    out = _cli("evaluate", *flags)
-    assert out.returncode == 0, out.stderr[-2000:]
-    report = json.loads(out.stdout[out.stdout.index("{"):])
-    assert report["checkpoint_step"] == 2 and np.isfinite(report["bpd"])
-    out = _cli("sample", *flags, "--num_samples=3", "--sampler=ddim")
-    assert out.returncode == 0, out.stderr[-2000:]
-    npz = next((workdir / "samples").glob("sample_step2_seed0.npz"))
-    samples = np.load(npz)["samples"]
-    assert samples.shape == (3, 8, 8, 1) and np.all(np.abs(samples) <= 1.0)
-
-
-def test_cli_rejects_bad_usage(tmp_path):
-    out = _cli("trian")
-    assert out.returncode == 2 and "did you mean 'train'" in out.stderr
-    out = _cli("train", *_tiny_flags(tmp_path), "--config.optim.lrr=0.1")
-    assert out.returncode != 0 and "lrr" in (out.stderr + out.stdout)

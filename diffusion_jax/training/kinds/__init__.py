@@ -7,6 +7,9 @@ A kind module owns everything that differs between model kinds, behind the same 
 - ``validate(config)``: the kind's config checks (ValueError/TypeError naming the key);
 - ``FINGERPRINT_KEYS``: config keys that shape the parameters or their meaning;
 - ``build(config, image_shape)`` -> the Flax module; ``init_params(model, image_shape, key)``;
+- ``init_loss_state(config)`` / ``loss_state_update(config)``: the objective's own state (e.g.
+  the loss history of importance-sampled t) and its update from the loss's per-example
+  statistics, or None;
 - ``make_loss(model, config, *, num_levels)`` -> ``loss_fn(params, batch, keys, *, train, step)``
   returning ``(loss, metrics)``, built from the pure core;
 - ``evaluate(config, model, params, images, key, *, num_levels, cache_dir, cache_tag, progress)``

@@ -10,6 +10,7 @@ from diffusion_jax import vae as vae_lib
 from diffusion_jax.models import AutoEncoder
 from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training.config import check_choice_key, check_positive_int
+from diffusion_jax.training.kinds.common import init_loss_state, loss_state_update  # noqa: F401
 
 ARCHITECTURES = ("mlp", "conv")
 FINGERPRINT_KEYS = ("model", "data.name", "data.binarize")

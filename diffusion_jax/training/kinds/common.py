@@ -11,5 +11,14 @@ def split_keys(keys, n: int):
     return [split[:, i] for i in range(n)]
 
 
+def init_loss_state(config):
+    """No state beyond the parameters (the default of a model kind)."""
+    del config
+
+
+def loss_state_update(config):
+    del config
+
+
 class SamplingUnsupported(ValueError):
     """The model kind cannot draw samples (e.g. a plain autoencoder has no prior)."""

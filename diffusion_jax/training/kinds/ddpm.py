@@ -8,6 +8,8 @@ output into p_θ(x_{t−1} | x_t) with x̂_0 and ε̂, and ``eps_mse`` / ``vlb_t
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffusion_jax import elbo as elbo_lib
-from diffusion_jax import samplers
+from diffusion_jax import samplers, timestep_sampling
 from diffusion_jax.forward import q_sample
 from diffusion_jax.models import UNet
 from diffusion_jax.reverse import PREDICTIONS, VARIANCES, reverse_kernel
@@ -30,6 +32,7 @@ from diffusion_jax.training.config import (
 from diffusion_jax.training.kinds.common import split_keys
 
 LOSSES = ("l_simple", "vlb", "hybrid")
+T_SAMPLING = ("uniform", "importance")
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 DTYPES = ("float32", "bfloat16")
@@ -60,6 +63,7 @@ def add_config(c: ml_collections.ConfigDict) -> None:
     d.loss = "l_simple"
     d.variance = "beta"  # σ_t²: beta (fixed large, β̃_2 at t = 1), beta_raw, beta_tilde, learned
     d.hybrid_weight = 0.001
+    d.t_sampling = "uniform"  # or "importance" (Nichol & Dhariwal's loss-history sampler; loss vlb)
 
     c.eval.elbo_chunk_size = 50
     c.eval.sampler = "ddpm"
@@ -79,6 +83,10 @@ def validate(config) -> None:
     check_choice_key(config, "model.prediction", PREDICTIONS)
     check_choice_key(config, "model.dtype", DTYPES)
     check_choice_key(config, "eval.sampler", SAMPLERS)
+    check_choice_key(config, "diffusion.t_sampling", T_SAMPLING)
+    if d.t_sampling == "importance" and d.loss != "vlb":
+        raise ValueError(f"config.diffusion.t_sampling='importance' reweights the bound and needs "
+                         f"config.diffusion.loss='vlb', got loss={d.loss!r}.")
     check_fraction(config, "model.dropout")
     check_positive_number(config, "diffusion.hybrid_weight", allow_zero=True)
     if d.schedule == "linear":
@@ -160,6 +168,21 @@ def reverse_fn(model, params, sched: Schedule, *, variance: str, clip_x0: bool =
     return fn
 
 
+def init_loss_state(config):
+    """The loss history of importance-sampled t (``diffusion.t_sampling="importance"``) or None."""
+    if config.diffusion.t_sampling == "importance":
+        return timestep_sampling.init(int(config.diffusion.T))
+    return None
+
+
+def loss_state_update(config):
+    """(loss_state, per_example {"t", "term"}) -> loss_state, or None without a loss state."""
+    if config.diffusion.t_sampling != "importance":
+        return None
+    return lambda state, per_example: timestep_sampling.update(state, per_example["t"],
+                                                               per_example["term"])
+
+
 def make_loss(model, config, *, num_levels: int):
     """L_simple, the VLB (single-t unbiased estimate of −ELBO, in bits/dim) or the hybrid.
 
@@ -167,16 +190,26 @@ def make_loss(model, config, *, num_levels: int):
     reverse kernel gives the bound's term at t (``vlb_term_at``: the decoder NLL at t = 1, the
     denoising KL at t ≥ 2) and −ELBO ≈ prior_kl + T · term. Hybrid (Nichol & Dhariwal):
     ε-MSE + λ · VLB with the mean's gradient stopped in the VLB.
+    With ``diffusion.t_sampling="importance"`` t is drawn from the loss history in
+    ``loss_state`` (``timestep_sampling``) and −ELBO ≈ prior_kl + term / p_t; the per-example
+    (t, term) come back under ``metrics["per_example"]`` for the history's update.
     """
     d = config.diffusion
     sched = build_schedule(d)
     T = sched.T
 
-    def loss_fn(params, batch, keys, *, train: bool, step=None):
+    importance = d.t_sampling == "importance"
+
+    def loss_fn(params, batch, keys, *, train: bool, step=None, loss_state=None):
         del step
         x0 = batch["image"]
-        key_noise, key_dropout = split_keys(keys, 2)
+        key_noise, key_dropout, key_t = split_keys(keys, 3) if importance else (
+            *split_keys(keys, 2), None)
         t, noise = elbo_lib.per_example_noise(key_noise, x0, T)
+        weights = jnp.full(t.shape, float(T))
+        if importance and loss_state is not None:  # (periodic evaluation: uniform t)
+            t, weights = jax.vmap(lambda k: timestep_sampling.sample(loss_state, k, 1))(key_t)
+            t, weights = t[:, 0], weights[:, 0]
         x_t = q_sample(sched, x0, t, noise)
         rngs = {"dropout": key_dropout[0]} if train else None
         output = network_fn(model, params, train=train, rngs=rngs)(x_t, t)
@@ -188,14 +221,18 @@ def make_loss(model, config, *, num_levels: int):
                                     variance=d.variance, stop_gradient_mean=True)
         term = elbo_lib.vlb_term_at(sched, x0, x_t, t, kernel.mean, kernel.var,
                                     decoder="discretized", num_levels=num_levels)
-        vlb_bpd = elbo_lib.bits_per_dim(-(elbo_lib.prior_kl(sched, x0) + T * term), x0[0].size)
+        vlb_bpd = elbo_lib.bits_per_dim(-(elbo_lib.prior_kl(sched, x0) + weights * term),
+                                        x0[0].size)
         if d.loss == "l_simple":
             loss = mse.mean()
         elif d.loss == "vlb":
             loss = vlb_bpd.mean()
         else:
             loss = mse.mean() + d.hybrid_weight * vlb_bpd.mean()
-        return loss, {"loss": loss, "mse_eps": mse.mean(), "vlb_bpd": vlb_bpd.mean()}
+        metrics = {"loss": loss, "mse_eps": mse.mean(), "vlb_bpd": vlb_bpd.mean()}
+        if importance and loss_state is not None:
+            metrics["per_example"] = {"t": t, "term": term}
+        return loss, metrics
 
     return loss_fn
 
@@ -252,29 +289,61 @@ def sample(config, model, params, key, *, num_samples: int, image_shape, sampler
     """(num_samples, H, W, C) in [−1, 1]: ancestral DDPM (compiled chunks) or DDIM.
 
     ``sampler`` overrides ``config.eval.sampler``; DDIM takes ``config.eval.ddim_steps`` steps.
+    The compiled samplers take the parameters as an argument and are cached per model,
+    schedule and shape, so repeated calls (sample grids during training, batches of the CLI's
+    ``sample``) compile once. Samples equal ``samplers.ddpm_sample`` / ``ddim_sample`` with the
+    same key.
     """
-    sched = build_schedule(config.diffusion)
+    d = config.diffusion
     sampler = config.eval.sampler if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
     shape = (int(num_samples), *image_shape)
-    net = network_fn(model, params)
-    variance = config.diffusion.variance
+    sched_key = (int(d.T), d.schedule, float(d.beta_1), float(d.beta_T))
     if sampler == "ddim":
         steps = int(config.eval.ddim_steps)
-        if steps > sched.T:
+        if steps > d.T:
             raise ValueError(f"config.eval.ddim_steps ({steps}) must lie in 1..diffusion.T "
-                             f"({sched.T}); pass --config.eval.ddim_steps=N with N <= {sched.T}.")
-        return np.asarray(samplers.ddim_sample(net, sched, key, shape, num_steps=steps,
-                                               prediction=model.prediction, clip_x0=True,
-                                               variance_output=model.learned_variance))
-    x = None
-    chunks = samplers.ddpm_sample_chunks(net, sched, key, shape, variance=variance,
-                                         prediction=model.prediction, clip_x0=True, chunk=chunk)
-    with tqdm(total=sched.T, desc="sampling", unit="step", disable=not progress) as bar:
-        last = sched.T
-        for t, x_t in chunks:
-            x_t.block_until_ready()  # dispatch is async: the bar must follow the real work
-            bar.update(last - t)
-            last, x = t, x_t
+                             f"({d.T}); pass --config.eval.ddim_steps=N with N <= {d.T}.")
+        return np.asarray(_ddim_sampler(model, sched_key, shape, steps)(params, key))
+    run_chunk = _ancestral_chunk(model, sched_key, d.variance)
+    prior_key, steps_key = jax.random.split(key)
+    x = jax.random.normal(prior_key, shape, jnp.float32)
+    t = int(d.T)
+    with tqdm(total=t, desc="sampling", unit="step", disable=not progress) as bar:
+        while t > 0:  # a loop over compiled chunks of steps, for the progress bar
+            n = min(chunk, t)
+            x = run_chunk(params, x, steps_key, jnp.int32(t), n)
+            x.block_until_ready()  # dispatch is async: the bar must follow the real work
+            t -= n
+            bar.update(n)
     return np.asarray(x)
+
+
+def _schedule_from_key(sched_key) -> Schedule:
+    T, schedule, beta_1, beta_T = sched_key
+    if schedule == "linear":
+        return linear_schedule(T, beta_1=beta_1, beta_T=beta_T)
+    return cosine_schedule(T)
+
+
+@functools.lru_cache(maxsize=8)
+def _ancestral_chunk(model, sched_key, variance):
+    """jit((params, x_t, steps_key, t_start, n) -> x_{t_start − n}): n ancestral steps."""
+    sched = _schedule_from_key(sched_key)
+
+    def run(params, x, steps_key, t_start, n):
+        step = samplers.make_ddpm_step(network_fn(model, params), sched, variance=variance,
+                                       prediction=model.prediction, clip_x0=True)
+        ts = t_start - jnp.arange(n, dtype=jnp.int32)
+        return jax.lax.scan(lambda x_t, t: (step(x_t, t, steps_key), None), x, ts)[0]
+
+    return jax.jit(run, static_argnums=4)
+
+
+@functools.lru_cache(maxsize=8)
+def _ddim_sampler(model, sched_key, shape, steps):
+    sched = _schedule_from_key(sched_key)
+    return jax.jit(lambda params, key: samplers.ddim_sample(
+        network_fn(model, params), sched, key, shape, num_steps=steps,
+        prediction=model.prediction, clip_x0=True, variance_output=model.learned_variance))

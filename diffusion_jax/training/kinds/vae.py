@@ -17,6 +17,7 @@ from diffusion_jax.models import VAE
 from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training.config import check_choice_key, check_positive_int, check_positive_number
 from diffusion_jax.training.kinds import ae
+from diffusion_jax.training.kinds.common import init_loss_state, loss_state_update  # noqa: F401
 
 DECODERS = ("gaussian", "bernoulli")
 FINGERPRINT_KEYS = ("model", "data.name", "data.binarize")
