@@ -44,6 +44,13 @@ from diffusion_jax.parameterization import (
     x0_from_eps,
     x0_from_v,
 )
+from diffusion_jax.reverse import (
+    ReverseKernel,
+    p_reverse,
+    predict_x0_eps,
+    reverse_kernel,
+    split_output,
+)
 from diffusion_jax.samplers import (
     ddim_sample,
     ddim_timesteps,
@@ -52,13 +59,6 @@ from diffusion_jax.samplers import (
     ddpm_sample_loop,
     make_ddim_step,
     make_ddpm_step,
-)
-from diffusion_jax.reverse import (
-    ReverseKernel,
-    p_reverse,
-    predict_x0_eps,
-    reverse_kernel,
-    split_output,
 )
 from diffusion_jax.schedules import Schedule, cosine_schedule, linear_schedule, schedule_from_betas
 from diffusion_jax.vae import ActiveUnits, active_units, ae_loss, iwae_bound, vae_elbo

@@ -29,7 +29,6 @@ import numpy as np
 
 from diffusion_jax._checks import (
     check_choice,
-    check_same_shape,
     is_concrete,
     is_int,
 )

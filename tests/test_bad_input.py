@@ -11,7 +11,6 @@ import pytest
 import diffusion_jax as dj
 from diffusion_jax import elbo as elbo_lib
 from diffusion_jax.data import pipeline
-from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training import kinds
 from diffusion_jax.training.config import base_config, validate_config
 from diffusion_jax.training.step import ParallelStep
@@ -80,7 +79,7 @@ CASES = {
     "invalid schedule (beta_1 > beta_T)": (lambda: dj.linear_schedule(10, 0.1, 0.01), ValueError, r"beta_1 must not exceed beta_T"),
     "invalid schedule (beta outside (0, 1))": (lambda: dj.schedule_from_betas([0.5, 1.2]), ValueError, r"open interval"),
     "sample count <= 0": (
-        lambda: eval_lib.sample_ddpm(None, None, SCHED, KEY, num_samples=0, image_shape=(8, 8, 1)), ValueError, r"num_samples must be a positive"),
+        lambda: kinds.get("ddpm").sample(base_config("ddpm"), None, None, KEY, num_samples=0, image_shape=(8, 8, 1)), ValueError, r"num_samples must be a positive"),
     "sampler batch of zero": (lambda: dj.ddpm_sample(lambda x, t: x, SCHED, KEY, (0, 3)), ValueError, r"shape"),
     "IWAE with K < 1": (
         lambda: dj.iwae_bound(lambda x: (x, x), lambda z: (z, 1.0), X, KEY, num_samples=0), ValueError, r"num_samples"),

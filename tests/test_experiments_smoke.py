@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import diffusion_jax as dj
-from diffusion_jax.training.config import validate_config
 from diffusion_jax.data import pipeline
 from diffusion_jax.models import num_params
-from diffusion_jax.training.builders import build_model
+from diffusion_jax.training import kinds
+from diffusion_jax.training.config import validate_config
 from experiments.gaussian_model import GaussianData, LinearGaussianReverse
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
@@ -30,13 +30,9 @@ def test_config_validates_and_builds(name):
     config = importlib.import_module(f"experiments.configs.{name}").get_config()
     validate_config(config)
     shape = tuple(pipeline.dataset_spec(config.data.name).image_shape)
-    model = build_model(config, shape)
-    x = jnp.zeros((1, *shape), jnp.float32)
-    if config.model_kind == "ddpm":
-        init = lambda k: model.init(k, x, jnp.ones((1,), jnp.int32), train=False)
-    else:
-        init = lambda k: model.init(k, x)
-    params = jax.eval_shape(init, jax.random.key(0))["params"]
+    kind = kinds.get(config.model_kind)
+    model = kind.build(config, shape)
+    params = jax.eval_shape(lambda k: kind.init_params(model, shape, k), jax.random.key(0))
     n = num_params(params)
     assert n > 0
     if name == "ddpm_cifar10":  # Ho et al. (2020): 35.7 M parameters

@@ -280,7 +280,7 @@ def test_p_reverse_mean_equals_p_mean_from_eps(sched):
     # "beta_raw" keeps β_1 at t = 1.
     _, var_raw = reverse.p_reverse(eps, sched, x_t, ts, prediction="eps", variance="beta_raw")
     np.testing.assert_allclose(np.asarray(var_raw).ravel(), np.asarray(sched.betas[1:]))
-    # Scalar t under vmap (the ELBO's reverse_fn form) gives the same.
+    # A scalar t under vmap over examples gives the same.
     reverse_fn = lambda x, t, e: reverse.p_reverse(e, sched, x, t).mean
     vmapped = jax.vmap(reverse_fn)(x_t, ts, eps)
     np.testing.assert_allclose(np.asarray(vmapped), np.asarray(mean), rtol=1e-6, atol=1e-6)

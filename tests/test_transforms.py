@@ -48,7 +48,7 @@ def test_pmap_equals_single_device():
     n = jax.device_count()
     x0 = jax.random.uniform(jax.random.key(3), (n, 2, 3), minval=-1, maxval=1)
     keys = jax.random.split(jax.random.key(4), n)
-    rfn = lambda x_t, t: (dj.p_mean_from_eps(sched, x_t, t, 0.1 * x_t), sched.betas[t])
+    rfn = lambda x_t, t: (dj.p_mean_from_eps(sched, x_t, t, 0.1 * x_t), dj.schedules.at(sched.betas, t, x_t))
 
     def elbo(x, k):
         return dj.diffusion_elbo(rfn, sched, x, k)["total"]

@@ -294,6 +294,8 @@ def sample(config, model, params, key, *, num_samples: int, image_shape, sampler
     ``sample``) compile once. Samples equal ``samplers.ddpm_sample`` / ``ddim_sample`` with the
     same key.
     """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
     d = config.diffusion
     sampler = config.eval.sampler if sampler is None else sampler
     if sampler not in SAMPLERS:
