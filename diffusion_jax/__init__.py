@@ -71,3 +71,29 @@ from diffusion_jax import timestep_sampling  # noqa: E402
 from diffusion_jax.checked import checked  # noqa: E402
 from diffusion_jax.elbo import eps_mse, vlb_estimate, vlb_term, vlb_term_at  # noqa: E402
 from diffusion_jax.schedules import schedule_from_log_snr  # noqa: E402
+
+# Variational diffusion models in continuous time (a block of its own, for clean merges).
+from diffusion_jax.vdm import (  # noqa: E402
+    CosineGamma,
+    DDPMLinearGamma,
+    DiscreteGamma,
+    LinearGamma,
+    MonotoneGamma,
+    gamma_from_schedule,
+    monotone_gamma,
+    monotone_gamma_init,
+    variance_minimizing_grads,
+    vdm_decoder_log_probs,
+    vdm_diffusion_loss_continuous,
+    vdm_diffusion_loss_discrete,
+    vdm_diffusion_term_continuous,
+    vdm_diffusion_term_discrete,
+    vdm_diffusion_terms_discrete,
+    vdm_elbo,
+    vdm_marginal,
+    vdm_posterior,
+    vdm_predict_x,
+    vdm_prior_loss,
+    vdm_reconstruction_loss,
+    vdm_sample,
+)

@@ -12,7 +12,7 @@
 of either. ``evaluate`` prints the test report of the newest checkpoint; ``sample`` draws
 ``--num_samples`` images in batches of ``--batch_size`` (default ``config.eval.batch_size``;
 batch ``b`` uses the key ``fold_in(key(seed), b)``), writes them as they come to
-``<workdir>/samples/sample_step{step}_seed{seed}.npy`` (float32, [-1, 1]) and a grid of the
+``<workdir>/samples/sample_step{step}_seed{seed}_{sampler}_n{num}_b{batch}.npy`` (float32, [-1, 1]) and a grid of the
 first 64 to the ``.png`` next to it.
 
 Every mistake ends with one short ``error: ...`` message on stderr naming the key, flag or path
@@ -495,6 +495,8 @@ def _main(argv) -> int:
                          f"(or a run's <workdir>/config.json).")
     if not opts["workdir"]:
         raise UsageError(f"{command} needs --workdir <dir>.")
+    if command != "train" and not 0 <= opts["seed"] < 2**32:
+        raise UsageError(f"--seed must lie in 0..2**32-1 (a PRNG seed), got {opts['seed']}.")
     config = load_config(opts["config"])
     apply_overrides(config, overrides)
     from diffusion_jax.training import kinds
@@ -630,7 +632,8 @@ def _sample(config, opts) -> int:
     key = jax.random.key(opts["seed"])
     out_dir = workdir / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"sample_step{trained.step}_seed{opts['seed']}"
+    sampler = opts["sampler"] or getattr(config.eval, "sampler", None)
+    stem = f"sample_step{trained.step}_seed{opts['seed']}_{sampler or 'prior'}_n{num}_b{batch}"
     npy, png = out_dir / f"{stem}.npy", out_dir / f"{stem}.png"
     partial = out_dir / f".{stem}.npy.partial"
     shape = (num, *trained.image_shape)

@@ -380,6 +380,9 @@ def diffusion_elbo(
     Run-time faults (NaN in a traced x0, a variance <= 0 from reverse_fn) are reported by
     ``jax.jit(diffusion_jax.checked(fn))``; unchecked code runs unchanged.
     """
+    if not isinstance(sched, Schedule):
+        raise TypeError(f"sched must be a diffusion_jax Schedule (e.g. dj.linear_schedule(T)), got "
+                        f"{type(sched).__name__}.")
     check_choice("form", form, FORMS)
     _check_data(x0)
     num_levels = _check_decoder(x0, decoder, num_levels)

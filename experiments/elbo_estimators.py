@@ -193,7 +193,9 @@ def run_ddpm(args, Ts, key) -> tuple[dict, dict]:
         workdir = args.run_dir / f"ddpm_T{T}"
         summary = common.train_or_reuse(config, workdir, progress=args.progress,
                                         retrain=args.retrain)
-        model, sched, params, _, num_levels, _ = common.load_run(config, workdir)
+        run = common.load_run(config, workdir)
+        model, params, num_levels = run.model, run.params, run.num_levels
+        sched = ddpm_kind.build_schedule(config.diffusion)
         variance = config.diffusion.variance
         R = int(np.clip(args.ddpm_budget // T, 4, 64))
         keys = jax.random.split(jax.random.fold_in(key, T), R)

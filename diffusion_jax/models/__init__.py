@@ -19,6 +19,7 @@ from diffusion_jax.models.unet import (
     unet_ddpm_cifar10,
     unet_digits,
 )
+from diffusion_jax.models.vdm_net import VDMNet, fourier_features, vdm_unet
 
 __all__ = [
     "AttnBlock",
@@ -28,7 +29,9 @@ __all__ = [
     "ResBlock",
     "UNet",
     "VAE",
+    "VDMNet",
     "check_autoencoder_image_shape",
+    "fourier_features",
     "group_count",
     "num_params",
     "timestep_embedding",
@@ -36,4 +39,5 @@ __all__ = [
     "unet_ddpm_cifar10",
     "unet_digits",
     "vae_fns",
+    "vdm_unet",
 ]

@@ -178,6 +178,8 @@ class UNet(nn.Module):
       dtype: compute dtype (e.g. jnp.bfloat16); the output is always returned as float32.
       param_dtype: parameter dtype (float32).
       remat: rematerialise each ResBlock in the backward pass (saves memory, costs compute).
+      out_channels: channels of the prediction; None (the default) means the input's C (a
+        network whose input carries extra channels, e.g. Fourier features, sets it).
     """
 
     ch: int = 128
@@ -193,6 +195,7 @@ class UNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    out_channels: int | None = None
 
     def __post_init__(self):
         check_choice("prediction", self.prediction, PREDICTIONS)
@@ -205,6 +208,10 @@ class UNet(nn.Module):
             raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}.")
+        if self.out_channels is not None and (isinstance(self.out_channels, bool) or not isinstance(
+                self.out_channels, int) or self.out_channels < 1):
+            raise ValueError(f"out_channels must be None or a positive int, got "
+                             f"{self.out_channels!r}.")
         if self.num_groups < 1 or self.num_heads < 1:
             raise ValueError(f"num_groups and num_heads must be >= 1, got {self.num_groups} and "
                              f"{self.num_heads}.")
@@ -282,7 +289,8 @@ class UNet(nn.Module):
         assert not hs, "every skip connection is consumed"
 
         h = nn.silu(_group_norm(h.shape[-1], self.num_groups, name="norm_out", **kw)(h))
-        out_ch = 2 * C if self.learned_variance else C
+        pred_ch = C if self.out_channels is None else self.out_channels
+        out_ch = 2 * pred_ch if self.learned_variance else pred_ch
         h = nn.Conv(out_ch, (3, 3), kernel_init=_tiny_init, name="conv_out", **kw)(h)
         return h.astype(jnp.float32)
 

@@ -79,15 +79,16 @@ def check_matches_workdir(config, workdir) -> None:
     ours = fingerprint_values(config)
     if theirs["model_kind"] != ours["model_kind"]:
         raise ConfigMismatch(
-            f"the config is a {ours['model_kind']!r} model but {workdir} holds a "
-            f"{theirs['model_kind']!r} run. Pass the run's own config (--config {path}), or use "
-            f"another --workdir.")
+            f"the config does not match the run in {workdir}: it is a {ours['model_kind']!r} "
+            f"model, the run a {theirs['model_kind']!r} one. Pass the run's own config "
+            f"(--config {path}), or use another --workdir.")
     diffs = _differences(theirs, ours)
     if diffs:
         listed = "; ".join(f"{k}: workdir {a!r}, given {b!r}" for k, a, b in diffs[:6])
         raise ConfigMismatch(
             f"the config does not match the run in {workdir} ({listed}). Pass the run's own "
-            f"config (--config {path}), or use another --workdir.")
+            f"config (--config {path}), use another --workdir, or (to continue training the same "
+            f"architecture with other settings) pass --config.train.allow_config_change=True.")
 
 
 def _differences(a, b, prefix=""):
@@ -209,34 +210,44 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
     state = create_train_state(params, optimizer, train_key, kind.init_loss_state(cfg))
     param_count = num_params(params)
 
+    had_checkpoint_dir = (workdir / "checkpoints").is_dir()
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.train.keep_checkpoints)
     info = run_info(cfg)
     fingerprint = info["config_fingerprint"]
     data_state = None
-    restored = ckpt.restore_latest(jax.device_get(state)) if ckpt.all_steps() else None
-    if restored is not None:
-        step0, host_state, data_state, meta = restored
-        if meta.get("config_fingerprint") != fingerprint and not cfg.train.allow_config_change:
-            ckpt.close()
-            raise ConfigMismatch(
-                f"workdir {workdir} holds checkpoints of a different model or config (fingerprint "
-                f"{meta.get('config_fingerprint')} != {fingerprint}, over model_kind and "
-                f"{kind.FINGERPRINT_KEYS}). Use a new --workdir, or pass "
-                f"--config.train.allow_config_change=True to reuse it.")
-        state = host_state
-        log.info("resumed from checkpoint %d in %s", step0, ckpt.directory)
-    start_step = int(jax.device_get(state.step))
+    try:
+        restored = ckpt.restore_latest(jax.device_get(state)) if ckpt.all_steps() else None
+        if restored is not None:
+            step0, host_state, data_state, meta = restored
+            if meta.get("config_fingerprint") != fingerprint and not cfg.train.allow_config_change:
+                raise ConfigMismatch(
+                    f"workdir {workdir} holds checkpoints of a different model or config "
+                    f"(fingerprint {meta.get('config_fingerprint')} != {fingerprint}, over "
+                    f"model_kind and {kind.FINGERPRINT_KEYS}). Use a new --workdir, or pass "
+                    f"--config.train.allow_config_change=True to reuse it.")
+            _check_same_shapes(state, host_state, ckpt.directory)
+            state = host_state
+            log.info("resumed from checkpoint %d in %s", step0, ckpt.directory)
+        elif main_process:
+            _check_no_orphan_records(workdir, had_checkpoint_dir)
+        start_step = int(jax.device_get(state.step))
+        if start_step > cfg.train.num_steps:
+            raise ValueError(f"config.train.num_steps ({cfg.train.num_steps}) is below the step of "
+                             f"the restored checkpoint ({start_step}) in {ckpt.directory}; raise "
+                             f"it, or use another --workdir.")
+        factory = functools.partial(make_train_step, loss_fn, optimizer,
+                                    ema_decay=cfg.optim.ema_decay, global_batch=cfg.data.batch_size,
+                                    update_loss_state=kind.loss_state_update(cfg))
+        step_fn = ParallelStep(lambda axis_name: factory(axis_name=axis_name),
+                               mode=cfg.train.parallel, global_batch=cfg.data.batch_size)
+        batches = train_ds.iterator(data_state)  # checks the data order (seed, batch) too
+    except BaseException:
+        ckpt.close()
+        raise
     if main_process:  # every check passed: now the run's records may be written
-        write_json_atomic(workdir / "config.json", cfg.to_dict())
+        write_json_atomic(workdir / "config.json", cfg.to_dict(), default=str)
         write_json_atomic(workdir / "run_info.json", info)
-
-    factory = functools.partial(make_train_step, loss_fn, optimizer, ema_decay=cfg.optim.ema_decay,
-                                global_batch=cfg.data.batch_size,
-                                update_loss_state=kind.loss_state_update(cfg))
-    step_fn = ParallelStep(lambda axis_name: factory(axis_name=axis_name), mode=cfg.train.parallel,
-                           global_batch=cfg.data.batch_size)
     state = step_fn.put_state(state)
-    batches = train_ds.iterator(data_state)
     samples_dir = workdir / "samples"
     num_steps = int(cfg.train.num_steps)
     t_start = time.time()
@@ -247,7 +258,14 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
     periodic_eval = _make_periodic_eval(cfg, loss_fn)  # one compilation for every evaluation
 
     def save(step):
-        ckpt.save(step, host_state(), batches.get_state(),
+        hs = host_state()
+        if int(hs.opt_state.notfinite_count) > 0:
+            # The parameters of a run that is skipping non-finite updates are no "last good"
+            # state to resume from: keep the previous checkpoint.
+            log.warning("not checkpointing step %d: %d non-finite updates in a row were just "
+                        "skipped", step, int(hs.opt_state.notfinite_count))
+            return
+        ckpt.save(step, hs, batches.get_state(),
                   {"config_fingerprint": fingerprint, "model_kind": cfg.model_kind, "step": step})
 
     def evaluate_and_sample(step, final=False):
@@ -285,11 +303,12 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
                 metrics_log.write({"step": step, "time": time.time() - t_start,
                                    **{f"train/{k}": v for k, v in m.items()}})
                 if m["consecutive_skips"] >= cfg.train.max_consecutive_skips:
+                    good = ckpt.latest_step()
                     raise TrainingStopped(
                         f"{int(m['consecutive_skips'])} consecutive non-finite updates were skipped "
-                        f"at step {step}; stopping. The last good checkpoint is step "
-                        f"{ckpt.latest_step()} in {ckpt.directory}. Lower optim.lr or raise "
-                        f"optim.grad_clip.")
+                        f"at step {step}; stopping. The last checkpoint saved without skipped "
+                        f"updates is {'none' if good is None else f'step {good}'} in "
+                        f"{ckpt.directory}. Lower optim.lr or raise optim.grad_clip.")
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < num_steps:
                 metrics_log.write(evaluate_and_sample(step))
             if step % cfg.train.checkpoint_every == 0 or step == num_steps:
@@ -327,6 +346,30 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
         write_json_atomic(workdir / "summary.json", summary)
     ckpt.close()
     return summary
+
+
+def _check_same_shapes(fresh, restored, directory) -> None:
+    """Restored leaves must have the shapes of the config's model (orbax returns what it saved,
+    whatever the target): a changed architecture under allow_config_change is an error."""
+    fresh_shapes = jax.tree.map(np.shape, jax.device_get(fresh))
+    restored_shapes = jax.tree.map(np.shape, restored)
+    if fresh_shapes != restored_shapes:
+        raise ConfigMismatch(f"the checkpoints in {directory} hold parameters of other shapes than "
+                             f"this config's model (train.allow_config_change allows other "
+                             f"settings, not another architecture); use another --workdir.")
+
+
+def _check_no_orphan_records(workdir: Path, had_checkpoint_dir: bool) -> None:
+    """A finished run, or one whose checkpoints/ was removed, has records but nothing to resume
+    from: starting afresh would overwrite them. (A run killed before its first checkpoint has an
+    empty checkpoints/ and simply starts again.)"""
+    metrics = workdir / "metrics.jsonl"
+    has_records = metrics.exists() and metrics.stat().st_size > 0
+    if has_records and (not had_checkpoint_dir or (workdir / "summary.json").exists()):
+        raise FileExistsError(
+            f"{workdir} holds the records of a run (metrics.jsonl) but no checkpoint to resume "
+            f"from (was {workdir / 'checkpoints'} deleted?); starting afresh would overwrite them. "
+            f"Move the workdir aside or use another --workdir.")
 
 
 def _any_process(flag) -> bool:

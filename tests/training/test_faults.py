@@ -74,7 +74,7 @@ def test_run_stops_after_consecutive_skips(tmp_path, monkeypatch):
                          train__eval_every=0)
     with pytest.raises(trainer.TrainingStopped,
                        match=r"3 consecutive non-finite updates were skipped at step 3.*"
-                             r"last good checkpoint is step 2"):
+                             r"last checkpoint saved without skipped updates is none"):
         trainer.train_and_evaluate(config, tmp_path, progress=False)
 
 

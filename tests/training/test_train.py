@@ -60,7 +60,7 @@ def test_resume_continues_from_the_checkpoint(ddpm_run, tmp_path):
 def test_workdir_of_another_model_is_refused(ddpm_run):
     workdir, _ = ddpm_run
     other = tiny_config("ddpm", model__ch=16, train__num_steps=6)
-    with pytest.raises(ValueError, match="different model or config.*allow_config_change"):
+    with pytest.raises(ValueError, match="does not match the run.*allow_config_change"):
         trainer.train_and_evaluate(other, workdir, progress=False)
 
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 import difflib
 from types import ModuleType
 
-from diffusion_jax.training.kinds import ae, ddpm, vae
+from diffusion_jax.training.kinds import ae, ddpm, vae, vdm
 from diffusion_jax.training.kinds.common import SamplingUnsupported
 
-KINDS: dict[str, ModuleType] = {"ddpm": ddpm, "vae": vae, "ae": ae}
+KINDS: dict[str, ModuleType] = {"ddpm": ddpm, "vae": vae, "ae": ae, "vdm": vdm}
 
 
 def get(name) -> ModuleType:

@@ -35,7 +35,7 @@ def validate(config) -> None:
 def build(config, image_shape):
     m = config.model
     return AutoEncoder(image_shape=tuple(image_shape), latent_dim=m.latent_dim, kind=m.kind,
-                       hidden=tuple(m.hidden) if m.hidden else None)
+                       hidden=None if m.hidden is None else tuple(m.hidden))
 
 
 def init_params(model, image_shape, key):

@@ -89,6 +89,20 @@ def validate(config) -> None:
                          f"config.diffusion.loss='vlb', got loss={d.loss!r}.")
     check_fraction(config, "model.dropout")
     check_positive_number(config, "diffusion.hybrid_weight", allow_zero=True)
+    if d.schedule != "linear":
+        defaults = ml_collections.ConfigDict()
+        defaults.model = ml_collections.ConfigDict()
+        defaults.eval = ml_collections.ConfigDict()
+        add_config(defaults)
+        for key in ("beta_1", "beta_T"):
+            if d[key] != defaults.diffusion[key]:
+                raise ValueError(f"config.diffusion.{key}={d[key]!r} is used by the linear schedule "
+                                 f"only, but diffusion.schedule={d.schedule!r}; leave it at its "
+                                 f"default or set diffusion.schedule='linear'.")
+    if config.data.dequantize:
+        raise ValueError("config.data.dequantize=True moves pixels off their levels, but a DDPM "
+                         "scores them with the discretized decoder, which needs them on the "
+                         "levels; set config.data.dequantize=False.")
     if d.schedule == "linear":
         for key in ("diffusion.beta_1", "diffusion.beta_T"):
             value = config.diffusion[key.split(".")[1]]
@@ -249,12 +263,8 @@ def evaluate(config, model, params, images, key, *, num_levels: int, cache_dir=N
     sched = build_schedule(config.diffusion)
     variance, form, chunk = config.diffusion.variance, "ddpm", config.eval.elbo_chunk_size
     dims = int(np.prod(images.shape[1:]))
-
-    @jax.jit
-    def evaluate_batch(params, x0, batch_key):
-        rfn = reverse_fn(model, params, sched, variance=variance)
-        return elbo_lib.diffusion_elbo(rfn, sched, x0, batch_key, form=form, decoder="discretized",
-                                       num_levels=num_levels, chunk_size=chunk, return_per_t=True)
+    evaluate_batch = _elbo_fn(model, _sched_key(config.diffusion), variance, int(num_levels),
+                              int(chunk))
 
     settings = {"kind": "ddpm", "tag": cache_tag, "variance": variance, "form": form,
                 "decoder": "discretized", "num_levels": num_levels, "T": sched.T,
@@ -275,6 +285,25 @@ def evaluate(config, model, params, images, key, *, num_levels: int, cache_dir=N
     bpd = np.asarray(elbo_lib.bits_per_dim(results["total"], dims))
     report["bpd"], report["bpd_se"] = eval_lib.mean_and_stderr(bpd)
     return report
+
+
+@functools.lru_cache(maxsize=8)
+def _elbo_fn(model, sched_key, variance, num_levels, chunk):
+    """jit((params, x0, key) -> diffusion_elbo terms with per-t columns), compiled once per
+    model and settings (parameters are an argument, so new checkpoints reuse it)."""
+    sched = _schedule_from_key(sched_key)
+
+    def evaluate_batch(params, x0, batch_key):
+        rfn = reverse_fn(model, params, sched, variance=variance)
+        return elbo_lib.diffusion_elbo(rfn, sched, x0, batch_key, form="ddpm",
+                                       decoder="discretized", num_levels=num_levels,
+                                       chunk_size=chunk, return_per_t=True)
+
+    return jax.jit(evaluate_batch)
+
+
+def _sched_key(d):
+    return (int(d.T), d.schedule, float(d.beta_1), float(d.beta_T))
 
 
 def summary_lines(ev: dict) -> list[str]:
@@ -301,7 +330,7 @@ def sample(config, model, params, key, *, num_samples: int, image_shape, sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
     shape = (int(num_samples), *image_shape)
-    sched_key = (int(d.T), d.schedule, float(d.beta_1), float(d.beta_T))
+    sched_key = _sched_key(d)
     if sampler == "ddim":
         steps = int(config.eval.ddim_steps)
         if steps > d.T:

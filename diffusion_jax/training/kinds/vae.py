@@ -39,6 +39,9 @@ def validate(config) -> None:
     check_positive_int(config, "eval.iwae_k")
     check_positive_number(config, "vae.free_bits", allow_zero=True)
     check_positive_number(config, "vae.kl_warmup_steps", allow_zero=True)
+    if config.model.decoder == "bernoulli" and config.data.dequantize:
+        raise ValueError("config.data.dequantize=True moves pixels off {0, 1}, but the Bernoulli "
+                         "decoder needs binary pixels; set config.data.dequantize=False.")
     if config.model.decoder == "bernoulli" and not config.data.binarize:
         raise ValueError("config.model.decoder='bernoulli' needs binary data: set "
                          "config.data.binarize=True (or use a binarized dataset).")
@@ -47,7 +50,7 @@ def validate(config) -> None:
 def build(config, image_shape):
     m = config.model
     return VAE(image_shape=tuple(image_shape), latent_dim=m.latent_dim, kind=m.kind,
-               hidden=tuple(m.hidden) if m.hidden else None, decoder=m.decoder)
+               hidden=None if m.hidden is None else tuple(m.hidden), decoder=m.decoder)
 
 
 init_params = ae.init_params
