@@ -631,6 +631,9 @@ def _sample(config, opts) -> int:
     num_batches = math.ceil(num / batch)
     key = jax.random.key(opts["seed"])
     out_dir = workdir / "samples"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file; sample writes into that directory. Move "
+                                 f"the file aside.")
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = opts["sampler"] or getattr(config.eval, "sampler", None)
     stem = f"sample_step{trained.step}_seed{opts['seed']}_{sampler or 'prior'}_n{num}_b{batch}"

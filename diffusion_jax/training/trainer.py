@@ -292,7 +292,6 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
         step = start_step
         while step < num_steps:
             batch = next(batches)
-            _check_batch(batch, step)
             state, metrics = step_fn(state, batch)
             step += 1
             bar.update(1)
@@ -379,12 +378,6 @@ def _any_process(flag) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.max(multihost_utils.process_allgather(np.int32(bool(flag)))))
-
-
-def _check_batch(batch, step) -> None:
-    image = batch["image"]
-    if not np.all(np.isfinite(image)):
-        raise ValueError(f"the batch at step {step} holds NaN or Inf pixel values; check the data.")
 
 
 def _make_periodic_eval(cfg, loss_fn):
