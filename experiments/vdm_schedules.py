@@ -47,7 +47,7 @@ def configs(args):
             c.model.ch, c.model.num_groups = 8, 4
             c.train.num_steps, c.train.eval_every, c.train.log_every = 20, 0, 10
             c.train.checkpoint_every = 20
-            c.eval.max_examples, c.eval.vdm_draws = 50, 4
+            c.eval.max_examples, c.eval.vdm_draws = 20, 4
             c.eval.num_samples, c.eval.sample_steps = 4, 10
         out[schedule] = c
     return out
@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     cfg = cfgs["learned_linear"]
     if cfg.eval.max_examples:
         images = images[: cfg.eval.max_examples]
-    t_values = T_VALUES[:4] if args.quick else T_VALUES
+    t_values = (2, 10) if args.quick else T_VALUES
     draws = 2 if args.quick else args.lt_draws
     key = jax.random.key(args.seed + 1)
     lt = {}

@@ -17,15 +17,9 @@ from tests.training.tiny import tiny_config
 
 
 def _config(**overrides):
-    c = tiny_config("ddpm", train__num_steps=4, train__checkpoint_every=2, train__eval_every=0,
-                    train__log_every=1, eval__max_examples=8)
-    for dotted, value in overrides.items():
-        node = c
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    base = dict(train__num_steps=4, train__checkpoint_every=2, train__eval_every=0,
+                train__log_every=1, eval__max_examples=8)
+    return tiny_config("ddpm", **base, **{k.replace(".", "__"): v for k, v in overrides.items()})
 
 
 @pytest.fixture(scope="module")
