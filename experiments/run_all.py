@@ -25,6 +25,7 @@ from experiments import (
     elbo_estimators,
     latent_spaces,
     posterior_collapse,
+    vdm_schedules,
 )
 
 # Cheap first, so a failure in a long one does not hide the quick results.
@@ -34,6 +35,7 @@ EXPERIMENTS = {
     "posterior_collapse": (posterior_collapse, "4. ELBO gap (IWAE) and posterior collapse"),
     "elbo_estimators": (elbo_estimators, "3. Three ways to write the diffusion ELBO"),
     "ddpm_objectives": (ddpm_objectives, "5. DDPM on digits: L_simple vs the full ELBO"),
+    "vdm_schedules": (vdm_schedules, "6. VDM on digits: fixed vs learned schedule, L_T vs T"),
 }
 
 

@@ -7,7 +7,13 @@ in γ with learned endpoints (the config's) and the same schedule with its endpo
 the learned γ(t) beside the fixed ones (VDM's linear γ from −13.3 to 5, the digits' fixed
 −10 to 5, DDPM's linear β and the cosine schedule, read as γ = −log SNR). Figure 2: the T-step
 bound L_T of the trained learned-schedule model against T, with the continuous-time L_∞ (the
-same network; common random numbers across T).
+same network; common random numbers across T). Loss-estimate variance: for each trained
+run, the variance (and std) across ``--var_draws`` draws of the batch-mean bits/dim the trainer
+optimises (the kind's ``make_loss``, one (t, ε) draw per example, antithetic t, with the run's
+EMA parameters) (a) on independent batches of 64 training digits, each with fresh (t, ε), and
+(b) on one fixed batch of 64 training digits with only (t, ε) redrawn. A learned monotone
+network schedule (``learned_nnet``) is included only where a finished run of it exists in
+``run_dir/learned_nnet``; none is trained here.
 
     python -m experiments.vdm_schedules [--quick]
 """
@@ -21,6 +27,8 @@ import numpy as np
 
 from diffusion_jax import vdm as vdm_lib
 from diffusion_jax.data import pipeline
+from diffusion_jax.training import kinds
+from diffusion_jax.training.config import load_config_json
 from diffusion_jax.training.kinds import vdm as vdm_kind
 from experiments import common
 from experiments.configs import vdm_digits
@@ -33,6 +41,10 @@ def _add_args(parser):
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
     parser.add_argument("--lt_draws", type=int, default=20,
                         help="stratified draws per test example for each L_T")
+    parser.add_argument("--var_draws", type=int, default=200,
+                        help="batches (and (t, ε) redraws) for the loss-estimate variance")
+    parser.add_argument("--var_batch", type=int, default=64,
+                        help="batch size of the loss-estimate variance")
 
 
 def configs(args):
@@ -50,6 +62,29 @@ def configs(args):
             c.eval.max_examples, c.eval.vdm_draws = 20, 4
             c.eval.num_samples, c.eval.sample_steps = 4, 10
         out[schedule] = c
+    return out
+
+
+def loss_estimate_variance(cfg, run, train_images, key, *, draws: int, batch: int) -> dict:
+    """Variance of the trainer's batch-mean bits/dim over ``draws`` draws: (a) a fresh batch of
+    ``batch`` training digits (without replacement within it) and fresh (t, ε) each draw; (b) one
+    fixed batch, only (t, ε) redrawn. The kind's ``make_loss`` with the run's (EMA) parameters."""
+    loss_fn = kinds.get("vdm").make_loss(run.model, cfg, num_levels=run.num_levels)
+    fn = jax.jit(lambda p, x, k: loss_fn(p, {"image": x}, jax.random.split(k, x.shape[0]),
+                                         train=False)[0])
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    fixed = jnp.asarray(train_images[rng.choice(len(train_images), batch, replace=False)])
+    k_a, k_b = jax.random.split(key)
+    out = {}
+    for label, k in (("batches", k_a), ("fixed_batch", k_b)):
+        vals = []
+        for kk in jax.random.split(k, draws):
+            x = (jnp.asarray(train_images[rng.choice(len(train_images), batch, replace=False)])
+                 if label == "batches" else fixed)
+            vals.append(float(fn(run.params, x, kk)))
+        v = np.asarray(vals)
+        out[label] = {"mean": float(v.mean()), "var": float(v.var(ddof=1)),
+                      "std": float(v.std(ddof=1)), "draws": draws, "batch": batch}
     return out
 
 
@@ -83,6 +118,37 @@ def main(argv=None) -> dict:
                          f"(17 levels), L_∞ with {results['fixed']['draws']} stratified (t, ε) "
                          f"draws per example; ± one standard error over examples.")
     report.data["results"] = results
+
+    # Variance of the training loss estimate (batch-mean bits/dim) per batch.
+    train_images = np.asarray(pipeline.full_split("digits", "train"), np.float32)
+    var_draws = 10 if args.quick else args.var_draws
+    var_runs = dict(runs)
+    nnet_dir = args.run_dir / "learned_nnet"
+    if (nnet_dir / "summary.json").exists() and (nnet_dir / "config.json").exists():
+        nnet_cfg = load_config_json(nnet_dir / "config.json")
+        var_runs["learned_nnet"] = common.load_run(nnet_cfg, nnet_dir)
+        cfgs = {**cfgs, "learned_nnet": nnet_cfg}
+    var_rows, variance = [], {}
+    for name, run in var_runs.items():
+        variance[name] = loss_estimate_variance(cfgs[name], run, train_images,
+                                                jax.random.key(args.seed + 2),
+                                                draws=var_draws, batch=args.var_batch)
+        a, b = variance[name]["batches"], variance[name]["fixed_batch"]
+        var_rows.append([name, f"{a['mean']:.3f}", f"{a['var']:.2e}", f"{a['std']:.4f}",
+                         f"{b['mean']:.3f}", f"{b['var']:.2e}", f"{b['std']:.4f}"])
+        if name in results:
+            results[name]["loss_variance"] = variance[name]
+    report.data["loss_variance"] = variance
+    missing = "" if "learned_nnet" in var_runs else (
+        " No run of the learned monotone-network schedule (learned_nnet) exists, so it has no row.")
+    report.table(["schedule", "mean bpd (batches)", "var (batches)", "std (batches)",
+                  "mean bpd (fixed batch)", "var (fixed batch)", "std (fixed batch)"], var_rows,
+                 caption=f"Variance of the training loss estimate per batch: the batch-mean "
+                         f"bits/dim of the trainer's loss (L_∞, one antithetic (t, ε) draw per "
+                         f"example, EMA parameters) over {var_draws} independent draws of "
+                         f"{args.var_batch} training digits with fresh (t, ε) ('batches'), and "
+                         f"over {var_draws} (t, ε) redraws on one fixed batch of {args.var_batch} "
+                         f"('fixed batch'); unbiased sample variance.{missing}")
 
     # Figure 1: γ(t) of the learned schedule beside the fixed ones.
     t = jnp.linspace(0.0, 1.0, 201)

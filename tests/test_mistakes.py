@@ -144,7 +144,7 @@ CASES = {
     "seed >= 2**32 (would repeat seed 0)": (V(**{"seed": 2**32}), ValueError, r"config\.seed must lie in 0\.\.4294967295.*2\*\*32 would repeat seed 0"),
     "data.name typo": (V(**{"data.name": "mnistt"}), ValueError, r"config\.data\.name must be one of .*Did you mean 'mnist'"),
     # ---- keys: unknown kinds, keys of another model kind, missing keys, config.json
-    "model_kind unknown": (lambda: base_config("diffusion"), ValueError, r"config\.model_kind must be one of \('ddpm', 'vae', 'ae'\), got 'diffusion'"),
+    "model_kind unknown": (lambda: base_config("diffusion"), ValueError, r"config\.model_kind must be one of \('ddpm', 'vae', 'ae', 'vdm'\), got 'diffusion'"),
     # Fixed here: only "unknown config key 'diffusion'", though the user changed model_kind.
     "model_kind changed alone": (_model_kind_changed, ValueError, r"config\.model_kind is 'vae', but the other keys are those of model_kind 'ddpm' \(e\.g\. 'diffusion'\)"),
     "a section of another kind": (_section_of_another_kind, ValueError, r"unknown config key 'vae'"),

@@ -9,6 +9,7 @@ from diffusion_jax import timestep_sampling
 from diffusion_jax.training.kinds import ddpm
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import create_train_state, make_train_step
+from tests.training.parallel_tiny import tiny_unet
 from tests.training.tiny import tiny_config
 
 
@@ -16,7 +17,7 @@ def _setup():
     config = tiny_config("ddpm")
     config.diffusion.loss = "vlb"
     config.diffusion.t_sampling = "importance"
-    model = ddpm.build(config, (8, 8, 1))
+    model = tiny_unet()  # one resolution level: the smallest U-Net with every layer kind
     params = ddpm.init_params(model, (8, 8, 1), jax.random.key(0, impl="rbg"))
     loss_fn = ddpm.make_loss(model, config, num_levels=17)
     return config, model, params, loss_fn

@@ -13,6 +13,17 @@ def tiny_config(model_kind: str = "ddpm", **overrides):
         c.model.attn_resolutions = ()
         c.model.num_groups = 4
         c.diffusion.T = 20
+    elif model_kind == "vdm":  # the smallest U-Net (one level, no attention), as test_vdm_kind
+        c.model.ch = 8
+        c.model.ch_mult = (1,)
+        c.model.num_res_blocks = 1
+        c.model.attn_resolutions = ()
+        c.model.mid_attention = False
+        c.model.num_groups = 4
+        c.model.fourier_min, c.model.fourier_max = 2, 3
+        c.diffusion.gamma_hidden = 16
+        c.eval.vdm_draws = 3
+        c.eval.sample_steps = 12
     else:
         c.model.hidden = (32,)
         c.model.latent_dim = 2
