@@ -131,17 +131,6 @@ def test_ddpm_objectives_quick(tmp_path):
         assert np.isfinite(run["summary"]["eval"]["bpd"]) and run["summary"]["eval"]["bpd"] > 0
 
 
-def test_vdm_schedules_quick(tmp_path):
-    data = _run("vdm_schedules", tmp_path)
-    for name in ("learned_linear", "fixed"):
-        r = data["results"][name]
-        assert np.isfinite(r["bpd"]) and r["bpd"] > 0
-        for v in r["loss_variance"].values():
-            assert v["var"] > 0 and v["std"] == pytest.approx(math.sqrt(v["var"]))
-    assert "learned_nnet" not in data["loss_variance"]  # no run of it: not trained here
-    assert set(data["L_T"]) == {"2", "10", "inf"}
-
-
 def test_run_all_rejects_unknown_names():
     run_all = importlib.import_module("experiments.run_all")
     with pytest.raises(SystemExit):
