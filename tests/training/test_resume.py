@@ -24,6 +24,9 @@ import pytest
 
 from tests.training import parallel_tiny as tiny
 
+# One worker runs this file, so its module fixtures (a trained run) are built once.
+pytestmark = pytest.mark.xdist_group("resume")
+
 REPO = Path(__file__).resolve().parents[2]
 NUM_STEPS, EVERY = 40, 8
 WAIT_S = 180  # generous: the first run compiles, and the 2 cores are shared

@@ -11,6 +11,9 @@ from diffusion_jax.data import tfds_data
 from diffusion_jax.training import trainer
 from tests.training.tiny import tiny_config
 
+# One worker runs this file, so its module fixtures (a trained run) are built once.
+pytestmark = pytest.mark.xdist_group("train")
+
 
 def _records(workdir):
     return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]

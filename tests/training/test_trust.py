@@ -15,6 +15,9 @@ from diffusion_jax.training.workdir import read_metrics
 from tests.training.test_faults import _garble_newest
 from tests.training.tiny import tiny_config
 
+# One worker runs this file, so its module fixtures (a trained run) are built once.
+pytestmark = pytest.mark.xdist_group("trust")
+
 
 def _config(**overrides):
     base = dict(train__num_steps=4, train__checkpoint_every=2, train__eval_every=0,
