@@ -19,7 +19,7 @@ train: $(STAMP)
 	$(PY) -m diffusion_jax train --config experiments/configs/ddpm_digits.py --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n 3 --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check diffusion_jax experiments tests bench

@@ -24,7 +24,7 @@ import pytest
 
 from tests.training import parallel_tiny as tiny
 
-# One worker runs this file, so its module fixtures (a trained run) are built once.
+# With `pytest --dist loadgroup` one worker runs this file, so its module fixture is built once.
 pytestmark = pytest.mark.xdist_group("resume")
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from diffusion_jax.data import tfds_data
 from diffusion_jax.training import trainer
 from tests.training.tiny import tiny_config
 
-# One worker runs this file, so its module fixtures (a trained run) are built once.
+# With `pytest --dist loadgroup` one worker runs this file, so its module fixture is built once.
 pytestmark = pytest.mark.xdist_group("train")
 
 

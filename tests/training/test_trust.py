@@ -15,7 +15,7 @@ from diffusion_jax.training.workdir import read_metrics
 from tests.training.test_faults import _garble_newest
 from tests.training.tiny import tiny_config
 
-# One worker runs this file, so its module fixtures (a trained run) are built once.
+# With `pytest --dist loadgroup` one worker runs this file, so its module fixture is built once.
 pytestmark = pytest.mark.xdist_group("trust")
 
 
