@@ -10,37 +10,17 @@ import pytest
 
 from diffusion_jax import vdm as vdm_lib
 from diffusion_jax.training import trainer
-from diffusion_jax.training.config import base_config, validate_config
+from diffusion_jax.training.config import validate_config
 from diffusion_jax.training.kinds import vdm
+from tests.training.tiny import tiny_config
 
 SHAPE = (8, 8, 1)
 
 
 def tiny_vdm_config(**diffusion):
-    c = base_config("vdm")
-    c.data.batch_size = 8
-    c.model.ch = 8
-    c.model.ch_mult = (1,)  # one level, no attention: the smallest U-Net (fast compiles)
-    c.model.num_res_blocks = 1
-    c.model.attn_resolutions = ()
-    c.model.mid_attention = False
-    c.model.num_groups = 4
-    c.model.fourier_min, c.model.fourier_max = 2, 3
-    c.diffusion.gamma_hidden = 16
-    for k, v in diffusion.items():
-        c.diffusion[k] = v
-    c.optim.warmup_steps = 1
-    c.train.num_steps = 2
-    c.train.log_every = 1
-    c.train.eval_every = 1
-    c.train.checkpoint_every = 2
-    c.eval.batch_size = 8
-    c.eval.max_examples = 16
-    c.eval.periodic_examples = 8
-    c.eval.num_samples = 4
-    c.eval.vdm_draws = 3
-    c.eval.sample_steps = 12
-    return c
+    """tiny_config("vdm") run for 2 steps with an evaluation after each, and ``diffusion`` keys."""
+    return tiny_config("vdm", train__num_steps=2, train__eval_every=1,
+                       **{f"diffusion__{k}": v for k, v in diffusion.items()})
 
 
 def _setup(config):
