@@ -30,14 +30,8 @@ EPS = lambda x, t: x
 
 
 def _config(kind="ddpm", **changes):
-    c = tiny_config(kind)
-    for dotted, value in changes.items():
-        node = c
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    """tiny_config(kind) with dotted keys changed ("model.ch" -> tiny_config's model__ch)."""
+    return tiny_config(kind, **{k.replace(".", "__"): v for k, v in changes.items()})
 
 
 def V(kind="ddpm", **changes):
