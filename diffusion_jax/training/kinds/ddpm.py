@@ -25,17 +25,20 @@ from diffusion_jax.schedules import Schedule, cosine_schedule, linear_schedule
 from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training.config import (
     check_choice_key,
-    check_fraction,
     check_positive_int,
     check_positive_number,
 )
-from diffusion_jax.training.kinds.common import split_keys
+from diffusion_jax.training.kinds.common import (
+    add_unet_config,
+    check_attention_levels,
+    split_keys,
+    validate_unet,
+)
 
 LOSSES = ("l_simple", "vlb", "hybrid")
 T_SAMPLING = ("uniform", "importance")
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
-DTYPES = ("float32", "bfloat16")
 FINGERPRINT_KEYS = ("model", "diffusion.T", "diffusion.schedule", "diffusion.beta_1",
                     "diffusion.beta_T", "data.name", "data.binarize")
 CAN_SAMPLE = True
@@ -43,14 +46,7 @@ CAN_SAMPLE = True
 
 def add_config(c: ml_collections.ConfigDict) -> None:
     m = c.model
-    m.ch = 32
-    m.ch_mult = (1, 2)
-    m.num_res_blocks = 2
-    m.attn_resolutions = (4,)  # image heights (spatial sizes) of the levels with attention
-    m.mid_attention = True
-    m.num_heads = 1
-    m.dropout = 0.0
-    m.num_groups = 8
+    add_unet_config(m)
     m.prediction = "eps"
     m.learned_variance = False
     m.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params and optimizer
@@ -72,8 +68,8 @@ def add_config(c: ml_collections.ConfigDict) -> None:
 
 def validate(config) -> None:
     m, d = config.model, config.diffusion
-    for key in ("model.ch", "model.num_res_blocks", "model.num_heads", "model.num_groups",
-                "diffusion.T", "eval.elbo_chunk_size", "eval.ddim_steps"):
+    validate_unet(config)
+    for key in ("diffusion.T", "eval.elbo_chunk_size", "eval.ddim_steps"):
         check_positive_int(config, key)
     if d.T < 2:
         raise ValueError(f"config.diffusion.T must be at least 2, got {d.T}.")
@@ -81,13 +77,11 @@ def validate(config) -> None:
     check_choice_key(config, "diffusion.loss", LOSSES)
     check_choice_key(config, "diffusion.variance", VARIANCES)
     check_choice_key(config, "model.prediction", PREDICTIONS)
-    check_choice_key(config, "model.dtype", DTYPES)
     check_choice_key(config, "eval.sampler", SAMPLERS)
     check_choice_key(config, "diffusion.t_sampling", T_SAMPLING)
     if d.t_sampling == "importance" and d.loss != "vlb":
         raise ValueError(f"config.diffusion.t_sampling='importance' reweights the bound and needs "
                          f"config.diffusion.loss='vlb', got loss={d.loss!r}.")
-    check_fraction(config, "model.dropout")
     check_positive_number(config, "diffusion.hybrid_weight", allow_zero=True)
     if d.schedule != "linear":
         defaults = ml_collections.ConfigDict()
@@ -122,12 +116,6 @@ def validate(config) -> None:
     if config.eval.sampler == "ddim" and config.eval.ddim_steps > d.T:
         raise ValueError(f"config.eval.ddim_steps ({config.eval.ddim_steps}) must not exceed "
                          f"config.diffusion.T ({d.T}).")
-    channels = [m.ch * k for k in m.ch_mult]
-    for ch in [m.ch, *channels]:
-        if ch % m.num_groups:
-            raise ValueError(f"config.model.num_groups={m.num_groups} must divide every channel "
-                             f"count of the U-Net {sorted(set([m.ch, *channels]))}; {ch} is not "
-                             f"divisible by it.")
 
 
 def build_schedule(diff_cfg) -> Schedule:
@@ -145,12 +133,7 @@ def build(config, image_shape):
         prediction=m.prediction, learned_variance=m.learned_variance, dtype=jnp.dtype(m.dtype),
     )
     unet.check_image_shape(image_shape[0], image_shape[1])
-    levels = [image_shape[0] // 2**i for i in range(len(m.ch_mult))]
-    unknown = [r for r in m.attn_resolutions if r not in levels]
-    if unknown:
-        raise ValueError(f"config.model.attn_resolutions={tuple(m.attn_resolutions)}: {unknown} "
-                         f"match no level of this U-Net; its levels have spatial sizes {levels} "
-                         f"(image {image_shape[0]}x{image_shape[1]}, ch_mult={tuple(m.ch_mult)}).")
+    check_attention_levels(m, image_shape)
     return unet
 
 

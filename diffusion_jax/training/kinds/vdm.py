@@ -30,14 +30,17 @@ from diffusion_jax.models import VDMNet, vdm_unet
 from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training.config import (
     check_choice_key,
-    check_fraction,
     check_nonnegative_int,
     check_positive_int,
+)
+from diffusion_jax.training.kinds.common import (
+    add_unet_config,
+    check_attention_levels,
+    validate_unet,
 )
 
 SCHEDULES = ("fixed", "learned_linear", "learned_nnet")
 PREDICTIONS = ("eps", "v")
-DTYPES = ("float32", "bfloat16")
 SAMPLERS = ("ancestral",)
 FINGERPRINT_KEYS = ("model", "diffusion.schedule", "diffusion.gamma_min", "diffusion.gamma_max",
                     "diffusion.gamma_hidden", "data.name", "data.binarize")
@@ -47,14 +50,7 @@ T_COND_SCALE = 1000.0  # the normalised γ in [0, 1] is scaled to [0, 1000] for 
 
 def add_config(c: ml_collections.ConfigDict) -> None:
     m = c.model
-    m.ch = 32
-    m.ch_mult = (1, 2)
-    m.num_res_blocks = 2
-    m.attn_resolutions = (4,)  # image heights (spatial sizes) of the levels with attention
-    m.mid_attention = True
-    m.num_heads = 1
-    m.dropout = 0.0
-    m.num_groups = 8
+    add_unet_config(m)
     m.prediction = "eps"  # the network's output: ε, or v = α ε − σ x (ε̂ = σ z + α v̂)
     m.dtype = "float32"
     m.fourier = True  # concatenate sin/cos(2^k · 2π · z) for k in fourier_min..fourier_max
@@ -76,8 +72,8 @@ def add_config(c: ml_collections.ConfigDict) -> None:
 
 def validate(config) -> None:
     m, d = config.model, config.diffusion
-    for key in ("model.ch", "model.num_res_blocks", "model.num_heads", "model.num_groups",
-                "diffusion.gamma_hidden", "eval.vdm_draws", "eval.sample_steps"):
+    validate_unet(config)
+    for key in ("diffusion.gamma_hidden", "eval.vdm_draws", "eval.sample_steps"):
         check_positive_int(config, key)
     check_nonnegative_int(config, "diffusion.T")
     for key in ("model.fourier_min", "model.fourier_max"):
@@ -92,9 +88,7 @@ def validate(config) -> None:
                          f"{m.fourier!r} and {d.antithetic!r}.")
     check_choice_key(config, "diffusion.schedule", SCHEDULES)
     check_choice_key(config, "model.prediction", PREDICTIONS)
-    check_choice_key(config, "model.dtype", DTYPES)
     check_choice_key(config, "eval.sampler", SAMPLERS)
-    check_fraction(config, "model.dropout")
     for key in ("diffusion.gamma_min", "diffusion.gamma_max"):
         value = config.diffusion[key.split(".")[1]]
         if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
@@ -105,12 +99,6 @@ def validate(config) -> None:
     if config.data.dequantize:
         raise ValueError("config.data.dequantize=True moves pixels off their levels, but VDM's "
                          "decoder scores them on the levels; set config.data.dequantize=False.")
-    channels = [m.ch * k for k in m.ch_mult]
-    for ch in [m.ch, *channels]:
-        if ch % m.num_groups:
-            raise ValueError(f"config.model.num_groups={m.num_groups} must divide every channel "
-                             f"count of the U-Net {sorted(set([m.ch, *channels]))}; {ch} is not "
-                             f"divisible by it.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +123,7 @@ def build(config, image_shape):
         prediction=m.prediction, dtype=jnp.dtype(m.dtype),
     )
     unet.check_image_shape(image_shape[0], image_shape[1])
-    levels = [image_shape[0] // 2**i for i in range(len(m.ch_mult))]
-    unknown = [r for r in m.attn_resolutions if r not in levels]
-    if unknown:
-        raise ValueError(f"config.model.attn_resolutions={tuple(m.attn_resolutions)}: {unknown} "
-                         f"match no level of this U-Net; its levels have spatial sizes {levels} "
-                         f"(image {image_shape[0]}x{image_shape[1]}, ch_mult={tuple(m.ch_mult)}).")
+    check_attention_levels(m, image_shape)
     net = VDMNet(unet=unet, fourier=bool(m.fourier), fourier_min=int(m.fourier_min),
                  fourier_max=int(m.fourier_max))
     return VDMModel(net, _schedule_key(config))
