@@ -57,6 +57,11 @@ from diffusion_jax.samplers import (
     ddpm_sample,
     ddpm_sample_chunks,
     ddpm_sample_loop,
+    dpm_solver_pp_sample,
+    dpm_solver_timesteps,
+    heun_num_steps,
+    heun_sample,
+    karras_timesteps,
     make_ddim_step,
     make_ddpm_step,
 )

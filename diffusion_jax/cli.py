@@ -5,6 +5,7 @@
     python -m diffusion_jax evaluate --config runs/x/config.json --workdir runs/x
     python -m diffusion_jax sample --config runs/x/config.json --workdir runs/x --num_samples 64 \
         --sampler ddim --batch_size 256
+    python -m diffusion_jax sample --config runs/x/config.json --workdir runs/x --sampler heun --nfe 35
     python -m diffusion_jax prepare --dataset mnist --data_dir ~/tensorflow_datasets
 
 ``--config`` takes an experiment config (``.py`` with ``get_config()``; ``file.py:arg`` passes
@@ -13,7 +14,10 @@ of either. ``evaluate`` prints the test report of the newest checkpoint; ``sampl
 ``--num_samples`` images in batches of ``--batch_size`` (default ``config.eval.batch_size``;
 batch ``b`` uses the key ``fold_in(key(seed), b)``), writes them as they come to
 ``<workdir>/samples/sample_step{step}_seed{seed}_{sampler}_n{num}_b{batch}.npy`` (float32, [-1, 1]) and a grid of the
-first 64 to the ``.png`` next to it.
+first 64 to the ``.png`` next to it; ``{sampler}`` carries the network evaluations of the ODE
+samplers (e.g. ``heun_nfe35``, ``dpm_solver++_nfe20``). ``--nfe`` sets ``config.eval.nfe``, the
+network evaluations of the ODE samplers (dpm_solver++: 1..T; heun: odd, 1..2T-1); a value the
+sampler cannot take exactly is an error, never adjusted.
 
 Every mistake ends with one short ``error: ...`` message on stderr naming the key, flag or path
 and what to do; exit code 2 for usage and config mistakes, 1 for run-time failures, 130 / 143
@@ -47,7 +51,10 @@ FLAG_SPECS = {
     "workdir": (str, None, _RUN, "the run directory: checkpoints, metrics, figures"),
     "num_samples": (int, 64, ("sample",), "how many images to draw"),
     "batch_size": (int, None, ("sample",), "images per sampling batch (default config.eval.batch_size)"),
-    "sampler": (str, None, ("sample",), "the sampler, e.g. ddpm or ddim (default: the config's)"),
+    "sampler": (str, None, ("sample",), "the sampler, e.g. ddpm, ddim, dpm_solver++ or heun "
+                "(default: the config's)"),
+    "nfe": (int, None, ("sample",), "network evaluations of an ODE sampler (dpm_solver++: 1..T; "
+            "heun: odd, 1..2T-1); sets config.eval.nfe"),
     "seed": (int, 0, ("evaluate", "sample"), "PRNG seed"),
     "dataset": (str, None, ("prepare",), "a tfds data set name, e.g. mnist"),
     "data_dir": (str, None, ("prepare",), "the tfds data_dir (default: tfds's own)"),
@@ -505,9 +512,13 @@ def _main(argv) -> int:
     kind = kinds.get(config.model_kind)
     if command == "sample":
         _check_sample_flags(config, kind, opts)
+        changed = False
         if opts["sampler"] is not None and "sampler" in config.eval:
-            config.eval.sampler = opts["sampler"]
-            _validate(config, opts["config"])  # e.g. eval.ddim_steps > diffusion.T with ddim
+            config.eval.sampler, changed = opts["sampler"], True
+        if opts["nfe"] is not None:  # _check_sample_flags: the kind has config.eval.nfe
+            config.eval.nfe, changed = opts["nfe"], True
+        if changed:  # e.g. eval.ddim_steps > diffusion.T with ddim, an even NFE with heun
+            _validate(config, opts["config"])
     return {"train": _train, "evaluate": _evaluate, "sample": _sample}[command](config, opts)
 
 
@@ -585,6 +596,8 @@ def _check_sample_flags(config, kind, opts) -> None:
     if opts["batch_size"] is not None and opts["batch_size"] < 1:
         raise UsageError(f"--batch_size must be a positive int, got {opts['batch_size']}.")
     sampler = opts["sampler"]
+    if opts["nfe"] is not None:
+        _check_nfe_flag(config, kind, opts["nfe"], sampler)
     if sampler is None:
         return
     choices = tuple(getattr(kind, "SAMPLERS", ()))
@@ -596,6 +609,23 @@ def _check_sample_flags(config, kind, opts) -> None:
         extra = f" Did you mean {hint[0]!r}?" if hint else ""
         raise UsageError(f"--sampler {sampler!r} is not a sampler of model_kind "
                          f"{config.model_kind!r}; choose one of {', '.join(choices)}.{extra}")
+
+
+def _check_nfe_flag(config, kind, nfe: int, sampler) -> None:
+    """--nfe: a positive int, for a sampler that takes network evaluations (its range is the
+    kind's check of config.eval.nfe, run after the value is set)."""
+    if nfe < 1:
+        raise UsageError(f"--nfe must be a positive int (network evaluations), got {nfe}.")
+    takes = tuple(getattr(kind, "NFE_SAMPLERS", ()))
+    if not takes or "nfe" not in config.get("eval", {}):
+        raise UsageError(f"--nfe: model_kind {config.model_kind!r} has no sampler that takes a "
+                         f"number of network evaluations; drop --nfe.")
+    chosen = sampler if sampler is not None else config.eval.get("sampler")
+    if chosen in getattr(kind, "SAMPLERS", ()) and chosen not in takes:
+        extra = " (DDIM's steps are config.eval.ddim_steps)" if chosen == "ddim" else ""
+        raise UsageError(f"--nfe {nfe} sets the network evaluations of the samplers "
+                         f"{', '.join(takes)}, but the sampler is {chosen!r}{extra}; pass "
+                         f"--sampler {takes[0]} (or {', '.join(takes[1:])}), or drop --nfe.")
 
 
 def _reserve(path: Path, nbytes: int) -> None:
@@ -636,6 +666,8 @@ def _sample(config, opts) -> int:
                                  f"the file aside.")
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = opts["sampler"] or getattr(config.eval, "sampler", None)
+    tag = getattr(trained.kind, "sample_tag", None)
+    sampler = tag(config, sampler) if sampler and tag else sampler  # e.g. heun_nfe35
     stem = f"sample_step{trained.step}_seed{opts['seed']}_{sampler or 'prior'}_n{num}_b{batch}"
     npy, png = out_dir / f"{stem}.npy", out_dir / f"{stem}.png"
     partial = out_dir / f".{stem}.npy.partial"

@@ -38,7 +38,10 @@ from diffusion_jax.training.kinds.common import (
 LOSSES = ("l_simple", "vlb", "hybrid")
 T_SAMPLING = ("uniform", "importance")
 SCHEDULES = ("linear", "cosine")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm_solver++", "heun")
+# The deterministic ODE samplers, which take config.eval.nfe network evaluations.
+ODE_SAMPLERS = {"dpm_solver++": samplers.dpm_solver_pp_sample, "heun": samplers.heun_sample}
+NFE_SAMPLERS = tuple(ODE_SAMPLERS)
 FINGERPRINT_KEYS = ("model", "diffusion.T", "diffusion.schedule", "diffusion.beta_1",
                     "diffusion.beta_T", "data.name", "data.binarize")
 CAN_SAMPLE = True
@@ -64,12 +67,13 @@ def add_config(c: ml_collections.ConfigDict) -> None:
     c.eval.elbo_chunk_size = 50
     c.eval.sampler = "ddpm"
     c.eval.ddim_steps = 100
+    c.eval.nfe = 25  # network evaluations of dpm_solver++ (1..T) and heun (odd, 1..2T−1)
 
 
 def validate(config) -> None:
     m, d = config.model, config.diffusion
     validate_unet(config)
-    for key in ("diffusion.T", "eval.elbo_chunk_size", "eval.ddim_steps"):
+    for key in ("diffusion.T", "eval.elbo_chunk_size", "eval.ddim_steps", "eval.nfe"):
         check_positive_int(config, key)
     if d.T < 2:
         raise ValueError(f"config.diffusion.T must be at least 2, got {d.T}.")
@@ -116,6 +120,31 @@ def validate(config) -> None:
     if config.eval.sampler == "ddim" and config.eval.ddim_steps > d.T:
         raise ValueError(f"config.eval.ddim_steps ({config.eval.ddim_steps}) must not exceed "
                          f"config.diffusion.T ({d.T}).")
+    if config.eval.sampler in NFE_SAMPLERS:
+        check_nfe(config.eval.nfe, config.eval.sampler, d.T)
+
+
+def check_nfe(nfe, sampler: str, T: int) -> None:
+    """config.eval.nfe must fit ``sampler`` on T steps; errors name the key (never clamped)."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"config.eval.nfe must be a positive int, got {nfe!r}.")
+    if sampler == "heun":
+        try:
+            samplers.heun_num_steps(nfe, int(T))
+        except ValueError as e:
+            raise ValueError(f"config.eval.nfe ({nfe}) does not fit eval.sampler 'heun' with "
+                             f"diffusion.T = {T}: {e}") from None
+    elif nfe > T:
+        raise ValueError(f"config.eval.nfe ({nfe}) must not exceed config.diffusion.T ({T}): "
+                         f"{sampler} evaluates the network once per timestep.")
+
+
+def sample_tag(config, sampler: str) -> str:
+    """The sampler's name in sample file names, with its network evaluations where it has them
+    (e.g. ``heun_nfe19``), so files of different settings never share a name."""
+    if sampler in NFE_SAMPLERS:
+        return f"{sampler}_nfe{config.eval.nfe}"
+    return sampler
 
 
 def build_schedule(diff_cfg) -> Schedule:
@@ -298,13 +327,17 @@ def summary_lines(ev: dict) -> list[str]:
 
 def sample(config, model, params, key, *, num_samples: int, image_shape, sampler=None,
            progress: bool = True, chunk: int = 100) -> np.ndarray:
-    """(num_samples, H, W, C) in [−1, 1]: ancestral DDPM (compiled chunks) or DDIM.
+    """(num_samples, H, W, C) in [−1, 1]: ancestral DDPM (compiled chunks), DDIM, or the ODE
+    solvers DPM-Solver++(2M) ("dpm_solver++") and Heun ("heun").
 
-    ``sampler`` overrides ``config.eval.sampler``; DDIM takes ``config.eval.ddim_steps`` steps.
-    The compiled samplers take the parameters as an argument and are cached per model,
-    schedule and shape, so repeated calls (sample grids during training, batches of the CLI's
-    ``sample``) compile once. Samples equal ``samplers.ddpm_sample`` / ``ddim_sample`` with the
-    same key.
+    ``sampler`` overrides ``config.eval.sampler``; DDIM takes ``config.eval.ddim_steps`` steps,
+    the ODE solvers ``config.eval.nfe`` network evaluations (checked by ``check_nfe``: an NFE
+    the sampler cannot take exactly is an error naming the key, never adjusted). All clip x̂_0
+    to [−1, 1]. The compiled samplers take the parameters as an argument and are cached per
+    model, schedule and shape (and steps / NFE), so repeated calls (sample grids during
+    training, batches of the CLI's ``sample``) compile once. Samples equal
+    ``samplers.ddpm_sample`` / ``ddim_sample`` / ``dpm_solver_pp_sample`` / ``heun_sample``
+    with the same key and ``clip_x0=True``.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
@@ -320,6 +353,10 @@ def sample(config, model, params, key, *, num_samples: int, image_shape, sampler
             raise ValueError(f"config.eval.ddim_steps ({steps}) must lie in 1..diffusion.T "
                              f"({d.T}); pass --config.eval.ddim_steps=N with N <= {d.T}.")
         return np.asarray(_ddim_sampler(model, sched_key, shape, steps)(params, key))
+    if sampler in NFE_SAMPLERS:
+        nfe = config.eval.nfe
+        check_nfe(nfe, sampler, int(d.T))
+        return np.asarray(_ode_sampler(model, sched_key, shape, sampler, int(nfe))(params, key))
     run_chunk = _ancestral_chunk(model, sched_key, d.variance)
     prior_key, steps_key = jax.random.split(key)
     x = jax.random.normal(prior_key, shape, jnp.float32)
@@ -361,3 +398,13 @@ def _ddim_sampler(model, sched_key, shape, steps):
     return jax.jit(lambda params, key: samplers.ddim_sample(
         network_fn(model, params), sched, key, shape, num_steps=steps,
         prediction=model.prediction, clip_x0=True, variance_output=model.learned_variance))
+
+
+@functools.lru_cache(maxsize=8)
+def _ode_sampler(model, sched_key, shape, sampler, nfe):
+    """jit((params, key) -> x_0) of the ODE sampler ``sampler`` with ``nfe`` evaluations."""
+    sched = _schedule_from_key(sched_key)
+    solve = ODE_SAMPLERS[sampler]
+    return jax.jit(lambda params, key: solve(
+        network_fn(model, params), sched, key, shape, nfe=nfe, prediction=model.prediction,
+        clip_x0=True, variance_output=model.learned_variance))
