@@ -70,11 +70,12 @@ from diffusion_jax.vae import ActiveUnits, active_units, ae_loss, iwae_bound, va
 
 __version__ = "0.1.0"
 
-# The single-t bound, the checked mode, schedules from log SNR, importance sampling of t (a block
-# of its own so that it merges cleanly with other edits of the block above).
-from diffusion_jax import timestep_sampling  # noqa: E402
+# The single-t bound, the checked mode, schedules from log SNR, importance sampling of t, the
+# probability-flow ODE likelihood and sample quality (FD, precision/recall).
+from diffusion_jax import ode_likelihood, quality, timestep_sampling  # noqa: E402
 from diffusion_jax.checked import checked  # noqa: E402
 from diffusion_jax.elbo import eps_mse, vlb_estimate, vlb_term, vlb_term_at  # noqa: E402
+from diffusion_jax.ode_likelihood import ode_bits_per_dim, ode_log_likelihood  # noqa: E402
 from diffusion_jax.schedules import schedule_from_log_snr  # noqa: E402
 
 # Variational diffusion models in continuous time (a block of its own, for clean merges).

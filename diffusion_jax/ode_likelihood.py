@@ -80,7 +80,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
@@ -268,6 +267,8 @@ def ode_log_likelihood(eps_fn: EpsFn, sched: Schedule, x, key, *, divergence: st
 
     rho_data = -continuous_log_snr(sched, t_min)  # the data end, t = t_min
     rho_prior = -continuous_log_snr(sched, float(sched.T))  # the prior end, t = T
+    import diffrax  # here, not at the top: importing it takes seconds, and few runs need it
+
     step_solver = diffrax.Tsit5() if solver == "tsit5" else diffrax.Dopri5()
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
 

@@ -247,7 +247,7 @@ def test_train_evaluate_sample_with_the_runs_config_json(capfd, tmp_path):
                           "--num_samples=5", "--batch_size=2", "--seed=3", "--sampler=ddim",
                           "--progress=false")
     assert code == 0, err
-    npy = workdir / "samples" / "sample_step2_seed3_ddim_n5_b2.npy"
+    npy = workdir / "samples" / "sample_step2_seed3_ddim5_n5_b2.npy"
     png = npy.with_suffix(".png")
     assert str(npy) in out and str(png) in out and png.is_file()
     samples = np.load(npy)

@@ -135,3 +135,48 @@ def test_ddpm_evaluation_key_covers_what_determines_the_numbers(tiny_model, monk
         tag = {"step": 2}
     _evaluate(new_config, model, new_params, images, jax.random.key(0), tag=tag)
     assert seen[0] != seen[1]
+
+
+def test_final_extras_report_ode_likelihood_beside_the_elbo_and_fd_digits(tiny_model):
+    """eval.ode_examples / eval.fd_samples add the ODE bits/dim (paired with the ELBO of the
+    same examples, which equals ode_bits_per_dim called directly) and FD-digits."""
+    config, model, params = tiny_model
+    config = tiny_config("ddpm", eval__ode_examples=3, eval__fd_samples=70, eval__fd_bootstrap=5,
+                         eval__batch_size=8, eval__elbo_chunk_size=19, eval__ode_tolerance=1e-3)
+    ddpm.validate(config)
+    images = pipeline.full_split("digits", "test")[:8]
+    key = jax.random.key(5)
+    report = _evaluate(config, model, params, images, key)
+    plain = _evaluate(tiny_config("ddpm", eval__batch_size=8, eval__elbo_chunk_size=19), model,
+                      params, images, key)
+    assert report["bpd"] == plain["bpd"] and "ode" not in plain and "fd_digits" not in plain
+
+    ode = report["ode"]
+    assert ode["num_examples"] == 3 and ode["divergence"] == "hutchinson" and ode["nfe_mean"] > 6
+    _, ode_key = jax.random.split(jax.random.fold_in(key, 1))
+    sched = ddpm.build_schedule(config.diffusion)
+    direct, _ = dj.ode_likelihood.ode_bits_per_dim(
+        ddpm.network_fn(model, params), sched, jnp.asarray(images[:3]),
+        jax.random.split(ode_key, 3), num_levels=17, divergence="hutchinson", rtol=1e-3,
+        atol=1e-3)
+    np.testing.assert_allclose(ode["bpd"], float(np.mean(direct)), rtol=1e-5)
+    np.testing.assert_allclose(ode["diff_bpd"], ode["bpd"] - ode["elbo_bpd"], rtol=1e-5, atol=1e-6)
+
+    fd = report["fd_digits"]
+    assert fd["num_samples"] == 70 and fd["num_reference"] == 300 and fd["sampler"] == "ddpm"
+    assert np.isfinite(fd["fd"]) and fd["fd_se"] > 0 and 0 <= fd["precision"] <= 1
+    lines = ddpm.summary_lines(report)
+    assert any(line.startswith("ODE likelihood:") for line in lines)
+    assert any(line.startswith("FD-digits:") for line in lines)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"eval__fd_samples": 64}, r"eval\.fd_samples \(64\) must exceed the feature dimension 64"),
+    ({"eval__fd_samples": 100, "data__name": "mnist"}, r"eval\.fd_samples=100 asks for FD-digits"),
+    ({"eval__ode_divergence": "hutchinsen"}, r"eval\.ode_divergence"),
+    ({"eval__ode_tolerance": 1.0}, r"eval\.ode_tolerance must lie in \(0, 1\)"),
+    ({"eval__ode_examples": -1}, r"eval\.ode_examples must be a non-negative int"),
+])
+def test_final_extras_settings_are_checked(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ddpm.validate(tiny_config("ddpm", **overrides))

@@ -9,6 +9,7 @@ output into p_θ(x_{t−1} | x_t) with x̂_0 and ε̂, and ``eps_mse`` / ``vlb_t
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffusion_jax import elbo as elbo_lib
-from diffusion_jax import samplers, timestep_sampling
+from diffusion_jax import ode_likelihood, quality, samplers, timestep_sampling
 from diffusion_jax.forward import q_sample
 from diffusion_jax.models import UNet
 from diffusion_jax.reverse import PREDICTIONS, VARIANCES, reverse_kernel
@@ -25,6 +26,7 @@ from diffusion_jax.schedules import Schedule, cosine_schedule, linear_schedule
 from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training.config import (
     check_choice_key,
+    check_nonnegative_int,
     check_positive_int,
     check_positive_number,
 )
@@ -42,6 +44,7 @@ SAMPLERS = ("ddpm", "ddim", "dpm_solver++", "heun")
 # The deterministic ODE samplers, which take config.eval.nfe network evaluations.
 ODE_SAMPLERS = {"dpm_solver++": samplers.dpm_solver_pp_sample, "heun": samplers.heun_sample}
 NFE_SAMPLERS = tuple(ODE_SAMPLERS)
+ODE_DIVERGENCES = ("hutchinson", "exact")
 FINGERPRINT_KEYS = ("model", "diffusion.T", "diffusion.schedule", "diffusion.beta_1",
                     "diffusion.beta_T", "data.name", "data.binarize")
 CAN_SAMPLE = True
@@ -68,6 +71,13 @@ def add_config(c: ml_collections.ConfigDict) -> None:
     c.eval.sampler = "ddpm"
     c.eval.ddim_steps = 100
     c.eval.nfe = 25  # network evaluations of dpm_solver++ (1..T) and heun (odd, 1..2T−1)
+    # Final evaluation extras (0 = off): FD-digits of fd_samples samples drawn with eval.sampler
+    # (digits only), and the probability-flow ODE bits/dim of the first ode_examples examples.
+    c.eval.fd_samples = 0
+    c.eval.fd_bootstrap = 50
+    c.eval.ode_examples = 0
+    c.eval.ode_divergence = "hutchinson"  # or "exact" (D Jacobian-vector products per call)
+    c.eval.ode_tolerance = 1e-5  # rtol = atol of the adaptive solve (score_sde's 1e-5)
 
 
 def validate(config) -> None:
@@ -122,6 +132,28 @@ def validate(config) -> None:
                          f"config.diffusion.T ({d.T}).")
     if config.eval.sampler in NFE_SAMPLERS:
         check_nfe(config.eval.nfe, config.eval.sampler, d.T)
+    _validate_final_extras(config)
+
+
+def _validate_final_extras(config) -> None:
+    e = config.eval
+    for key in ("eval.fd_samples", "eval.ode_examples"):
+        check_nonnegative_int(config, key)
+    check_positive_int(config, "eval.fd_bootstrap")
+    check_choice_key(config, "eval.ode_divergence", ODE_DIVERGENCES)
+    check_positive_number(config, "eval.ode_tolerance")
+    if e.ode_tolerance >= 1:
+        raise ValueError(f"config.eval.ode_tolerance must lie in (0, 1), got {e.ode_tolerance!r}.")
+    if e.fd_samples and config.data.name != "digits":
+        raise ValueError(f"config.eval.fd_samples={e.fd_samples} asks for FD-digits, which uses "
+                         f"the digits classifier's features, but data.name="
+                         f"{config.data.name!r}; set eval.fd_samples=0 (for other data use "
+                         f"diffusion_jax.quality.sample_quality with your own feature_fn).")
+    feature_dim = int(quality.load_digits_classifier()[1]["feature_dim"]) if e.fd_samples else 0
+    if e.fd_samples and e.fd_samples <= feature_dim:
+        raise ValueError(f"config.eval.fd_samples ({e.fd_samples}) must exceed the feature "
+                         f"dimension {feature_dim} (a Fréchet distance needs a full-rank "
+                         f"covariance), or be 0 to skip FD-digits.")
 
 
 def check_nfe(nfe, sampler: str, T: int) -> None:
@@ -144,6 +176,8 @@ def sample_tag(config, sampler: str) -> str:
     (e.g. ``heun_nfe19``), so files of different settings never share a name."""
     if sampler in NFE_SAMPLERS:
         return f"{sampler}_nfe{config.eval.nfe}"
+    if sampler == "ddim":
+        return f"ddim{config.eval.ddim_steps}"
     return sampler
 
 
@@ -296,7 +330,72 @@ def evaluate(config, model, params, images, key, *, num_levels: int, cache_dir=N
         report[f"{k}_nats"], report[f"{k}_nats_se"] = eval_lib.mean_and_stderr(v)
     bpd = np.asarray(elbo_lib.bits_per_dim(results["total"], dims))
     report["bpd"], report["bpd_se"] = eval_lib.mean_and_stderr(bpd)
+    fd_key, ode_key = jax.random.split(jax.random.fold_in(key, 1))
+    if config.eval.ode_examples:
+        report["ode"] = ode_evaluation(config, model, params, images, bpd, ode_key,
+                                       num_levels=num_levels, progress=progress)
+    if config.eval.fd_samples:
+        report["fd_digits"] = fd_evaluation(config, model, params, fd_key, images.shape[1:],
+                                            progress=progress)
     return report
+
+
+def ode_evaluation(config, model, params, images, elbo_bpd, key, *, num_levels: int,
+                   progress: bool = True) -> dict:
+    """Probability-flow ODE bits/dim (``ode_likelihood.ode_bits_per_dim``, uniform
+    dequantisation) of the first ``eval.ode_examples`` images, beside the full-T ELBO bits/dim
+    ``elbo_bpd`` (per example) of the same images, with their paired difference."""
+    e = config.eval
+    n = int(e.ode_examples)
+    if n > images.shape[0]:
+        raise ValueError(f"config.eval.ode_examples ({n}) exceeds the {images.shape[0]} test "
+                         f"examples evaluated; lower it (or raise eval.max_examples).")
+    images = images[:n]
+    solve = _ode_bpd_fn(model, _sched_key(config.diffusion), int(num_levels), e.ode_divergence,
+                        float(e.ode_tolerance))
+    batch = int(e.batch_size)
+    keys = jax.random.split(key, n)
+    bpd, nfe = [], []
+    start = time.perf_counter()
+    for s in tqdm(range(0, n, batch), desc="ODE likelihood", unit="batch", disable=not progress):
+        b, f = solve(params, jnp.asarray(images[s:s + batch]), keys[s:s + batch])
+        bpd.append(np.asarray(b))
+        nfe.append(np.asarray(f))
+    seconds = time.perf_counter() - start
+    bpd, nfe = np.concatenate(bpd), np.concatenate(nfe)
+    out = {"num_examples": n, "divergence": e.ode_divergence, "tolerance": float(e.ode_tolerance),
+           "nfe_mean": float(nfe.mean()), "seconds": seconds}
+    out["bpd"], out["bpd_se"] = eval_lib.mean_and_stderr(bpd)
+    out["elbo_bpd"], out["elbo_bpd_se"] = eval_lib.mean_and_stderr(elbo_bpd[:n])
+    out["diff_bpd"], out["diff_bpd_se"] = eval_lib.mean_and_stderr(bpd - elbo_bpd[:n])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _ode_bpd_fn(model, sched_key, num_levels, divergence, tolerance):
+    sched = _schedule_from_key(sched_key)
+
+    def solve(params, x0, keys):
+        return ode_likelihood.ode_bits_per_dim(
+            network_fn(model, params), sched, x0, keys, num_levels=num_levels,
+            divergence=divergence, rtol=tolerance, atol=tolerance, prediction=model.prediction,
+            learned_variance=model.learned_variance)
+
+    return jax.jit(solve)
+
+
+def fd_evaluation(config, model, params, key, image_shape, *, progress: bool = True) -> dict:
+    """FD-digits ± bootstrap SE, precision and recall (``quality.fd_digits``, against the digits
+    test split) of ``eval.fd_samples`` samples drawn with ``eval.sampler``."""
+    e = config.eval
+    start = time.perf_counter()
+    samples = sample(config, model, params, key, num_samples=int(e.fd_samples),
+                     image_shape=tuple(image_shape), progress=progress)
+    seconds = time.perf_counter() - start
+    q = quality.fd_digits(samples, reference="test", num_bootstrap=int(e.fd_bootstrap), seed=0)
+    return {"fd": q.fd, "fd_se": q.fd_se, "precision": q.precision, "recall": q.recall,
+            "num_samples": q.num_samples, "num_reference": q.num_reference,
+            "sampler": sample_tag(config, e.sampler), "sampling_seconds": seconds}
 
 
 @functools.lru_cache(maxsize=8)
@@ -322,7 +421,24 @@ def summary_lines(ev: dict) -> list[str]:
     return [f"test ELBO: {ev['bpd']:.4f} ± {ev['bpd_se']:.4f} bits/dim "
             f"({-ev['total_nats']:.2f} ± {ev['total_nats_se']:.2f} nats NLL bound per example, "
             f"{ev['num_examples']} test examples, T = {ev['T']}, decoder variance "
-            f"{ev['variance']!r}, {ev['num_levels']} levels)"]
+            f"{ev['variance']!r}, {ev['num_levels']} levels)"] + extra_summary_lines(ev)
+
+
+def extra_summary_lines(ev: dict) -> list[str]:
+    lines = []
+    if "ode" in ev:
+        o = ev["ode"]
+        lines.append(f"ODE likelihood: {o['bpd']:.4f} ± {o['bpd_se']:.4f} bits/dim (ELBO on the "
+                     f"same {o['num_examples']} examples {o['elbo_bpd']:.4f} ± "
+                     f"{o['elbo_bpd_se']:.4f}; ODE − ELBO {o['diff_bpd']:+.4f} ± "
+                     f"{o['diff_bpd_se']:.4f}; {o['divergence']} divergence, "
+                     f"{o['nfe_mean']:.0f} NFE per example, {o['seconds']:.0f} s)")
+    if "fd_digits" in ev:
+        q = ev["fd_digits"]
+        lines.append(f"FD-digits: {q['fd']:.2f} ± {q['fd_se']:.2f} (precision "
+                     f"{q['precision']:.3f}, recall {q['recall']:.3f}; {q['num_samples']} "
+                     f"{q['sampler']} samples vs the {q['num_reference']} test digits)")
+    return lines
 
 
 def sample(config, model, params, key, *, num_samples: int, image_shape, sampler=None,
