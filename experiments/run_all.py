@@ -25,6 +25,7 @@ from experiments import (
     elbo_estimators,
     latent_spaces,
     posterior_collapse,
+    sampler_nfe,
     vdm_schedules,
 )
 
@@ -36,6 +37,8 @@ EXPERIMENTS = {
     "elbo_estimators": (elbo_estimators, "3. Three ways to write the diffusion ELBO"),
     "ddpm_objectives": (ddpm_objectives, "5. DDPM on digits: L_simple vs the full ELBO"),
     "vdm_schedules": (vdm_schedules, "6. VDM on digits: fixed vs learned schedule, L_T vs T"),
+    # Samples the run of `make train` (runs/ddpm_digits); trains nothing.
+    "sampler_nfe": (sampler_nfe, "7. Samplers against NFE: FD-digits and time per sample"),
 }
 
 
