@@ -34,6 +34,7 @@ def _add_args(parser):
 
 def make_config(loss: str, args):
     c = ddpm_digits.get_config()
+    c.eval.fd_samples = c.eval.ode_examples = 0  # the main job's extras; not compared here
     c.seed = args.seed
     c.diffusion.loss = loss
     c.train.num_steps = args.steps

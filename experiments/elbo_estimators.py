@@ -164,6 +164,7 @@ def run_gaussian(args, Ts, key) -> dict:
 
 def ddpm_config(T: int, args):
     c = ddpm_digits.get_config()
+    c.eval.fd_samples = c.eval.ode_examples = 0  # the main job's extras; not compared here
     c.seed = args.seed
     c.model.ch = 16  # small: the comparison is of estimators on one model, not of models
     c.model.num_res_blocks = 1

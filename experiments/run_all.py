@@ -74,7 +74,9 @@ def experiment_argv(name: str, args) -> list[str]:
         argv.append("--retrain")
     if args.out_dir:
         root = Path(args.out_dir)
-        argv += ["--out_dir", str(root / name), "--run_dir", str(root / "runs" / name)]
+        argv += ["--out_dir", str(root / name)]
+        if name != "sampler_nfe":  # it samples the run of `make train` (its own --run_dir default)
+            argv += ["--run_dir", str(root / "runs" / name)]
     return argv
 
 
