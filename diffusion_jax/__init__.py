@@ -64,6 +64,7 @@ from diffusion_jax.samplers import (
     karras_timesteps,
     make_ddim_step,
     make_ddpm_step,
+    sde_dpm_solver_pp_sample,
 )
 from diffusion_jax.schedules import Schedule, cosine_schedule, linear_schedule, schedule_from_betas
 from diffusion_jax.vae import ActiveUnits, active_units, ae_loss, iwae_bound, vae_elbo

@@ -14,10 +14,11 @@ of either. ``evaluate`` prints the test report of the newest checkpoint; ``sampl
 ``--num_samples`` images in batches of ``--batch_size`` (default ``config.eval.batch_size``;
 batch ``b`` uses the key ``fold_in(key(seed), b)``), writes them as they come to
 ``<workdir>/samples/sample_step{step}_seed{seed}_{sampler}_n{num}_b{batch}.npy`` (float32, [-1, 1]) and a grid of the
-first 64 to the ``.png`` next to it; ``{sampler}`` carries the network evaluations of the ODE
+first 64 to the ``.png`` next to it; ``{sampler}`` carries the network evaluations of the NFE
 samplers (e.g. ``heun_nfe35``, ``dpm_solver++_nfe20``). ``--nfe`` sets ``config.eval.nfe``, the
-network evaluations of the ODE samplers (dpm_solver++: 1..T; heun: odd, 1..2T-1); a value the
-sampler cannot take exactly is an error, never adjusted.
+network evaluations of the ODE solvers and of the stochastic SDE-DPM-Solver++(2M)
+((sde_)dpm_solver++: 1..T; heun: odd, 1..2T-1); a value the sampler cannot take exactly is an
+error, never adjusted.
 
 Every mistake ends with one short ``error: ...`` message on stderr naming the key, flag or path
 and what to do; exit code 2 for usage and config mistakes, 1 for run-time failures, 130 / 143
@@ -51,10 +52,10 @@ FLAG_SPECS = {
     "workdir": (str, None, _RUN, "the run directory: checkpoints, metrics, figures"),
     "num_samples": (int, 64, ("sample",), "how many images to draw"),
     "batch_size": (int, None, ("sample",), "images per sampling batch (default config.eval.batch_size)"),
-    "sampler": (str, None, ("sample",), "the sampler, e.g. ddpm, ddim, dpm_solver++ or heun "
-                "(default: the config's)"),
-    "nfe": (int, None, ("sample",), "network evaluations of an ODE sampler (dpm_solver++: 1..T; "
-            "heun: odd, 1..2T-1); sets config.eval.nfe"),
+    "sampler": (str, None, ("sample",), "the sampler, e.g. ddpm, ddim, dpm_solver++, heun or "
+                "sde_dpm_solver++ (default: the config's)"),
+    "nfe": (int, None, ("sample",), "network evaluations of an NFE sampler ((sde_)dpm_solver++: "
+            "1..T; heun: odd, 1..2T-1); sets config.eval.nfe"),
     "seed": (int, 0, ("evaluate", "sample"), "PRNG seed"),
     "dataset": (str, None, ("prepare",), "a tfds data set name, e.g. mnist"),
     "data_dir": (str, None, ("prepare",), "the tfds data_dir (default: tfds's own)"),

@@ -1,6 +1,6 @@
 """Samplers for a trained diffusion model, each compiled with ``lax.scan``: ancestral DDPM,
-DDIM, and two deterministic ODE solvers, DPM-Solver++(2M) and Heun's method on the Karras et
-al. (2022) step schedule.
+DDIM, two deterministic ODE solvers, DPM-Solver++(2M) and Heun's method on the Karras et
+al. (2022) step schedule, and the stochastic SDE-DPM-Solver++(2M).
 
 Pure functions of (model_fn, schedule, key, shape): no Flax, no optax. Conventions (SPEC §1):
 timesteps t = 1..T, schedule tables indexed by t (ᾱ_0 = 1), variances not stds, x_T ~ N(0, I).
@@ -17,7 +17,8 @@ without recompiling, jit the outer call with the parameters as an argument, e.g.
 PRNG keys (explicit, never a default): ``key`` is split into (prior_key, steps_key);
 x_T = N(0, I) drawn with prior_key; the noise of the step leaving x_t is drawn with
 ``fold_in(steps_key, t)``. A step therefore depends only on (x_t, t, steps_key), so the
-``lax.scan`` sampler, the Python-loop baseline and the chunked sampler give the same samples.
+``lax.scan`` sampler, the Python-loop baseline and the chunked sampler give the same samples
+(``sde_dpm_solver_pp_sample`` draws its step noise the same way, with t the step's start).
 The deterministic ODE solvers (``dpm_solver_pp_sample``, ``heun_sample``) use ``key`` only for
 x_T (drawn with the same prior_key, so they start from the same x_T as the other samplers).
 """
@@ -53,6 +54,7 @@ __all__ = [
     "karras_timesteps",
     "make_ddim_step",
     "make_ddpm_step",
+    "sde_dpm_solver_pp_sample",
 ]
 
 DPM_SOLVER_SPACINGS = ("logSNR", "time_uniform")
@@ -453,25 +455,36 @@ def dpm_solver_timesteps(sched: Schedule, nfe: int, *, spacing: str = "logSNR") 
     return _distinct_decreasing(ts, T)
 
 
-def _dpm_solver_coefficients(ab, om, ts):
-    """(a, b, c) per step k: x_{s} = a_k x_{t_k} + b_k x̂_0(t_k) + c_k x̂_0(t_{k−1}), s = t_{k+1}.
+def _dpm_solver_coefficients(ab, om, ts, stochastic: bool = False):
+    """(a, b, c, g) per step k: x_s = a_k x_{t_k} + b_k x̂_0(t_k) + c_k x̂_0(t_{k−1}) + g_k z_k,
+    s = t_{k+1}, z_k ~ N(0, I).
 
     DPM-Solver++(2M) in the half log-SNR λ = log α − log σ (α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t)),
     h = λ_s − λ_t, r = h_{k−1}/h: x_s = (σ_s/σ_t) x_t + α_s (1 − e^{−h}) D with
     D = (1 + 1/(2r)) x̂_0(t_k) − 1/(2r) x̂_0(t_{k−1}) (second order); the first step has no
     history and takes D = x̂_0(t_k) (first order, DDIM); so does the last step to s = 0, where
-    λ_0 = +∞ (σ_0 = 0): x_0 = x̂_0(t_nfe).
+    λ_0 = +∞ (σ_0 = 0): x_0 = x̂_0(t_nfe). g = 0.
+
+    ``stochastic``: SDE-DPM-Solver++(2M) (midpoint), x_s = (σ_s/σ_t) e^{−h} x_t
+    + α_s (1 − e^{−2h}) D + σ_s √(1 − e^{−2h}) z with the same D; its first-order step is the
+    ancestral step (DDIM, η = 1) from t to s, and its last step is again x_0 = x̂_0(t_nfe).
     """
     ss = np.concatenate([ts[1:], [0]])
     alpha, sigma = np.sqrt(ab), np.sqrt(om)
     lam = np.log(alpha[1:]) - np.log(sigma[1:])  # λ_t at index t − 1, t = 1..T
     n = ts.shape[0]
-    a, b, c = np.zeros(n), np.ones(n), np.zeros(n)
+    a, b, c, g = np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n)
     k = np.arange(n - 1)  # every step but the last (to s = 0)
     t, s = ts[k], ss[k]
     h = lam[s - 1] - lam[t - 1]
-    base = alpha[s] * -np.expm1(-h)  # α_s (1 − e^{−h})
-    a[k] = sigma[s] / sigma[t]
+    if stochastic:
+        one_minus = -np.expm1(-2.0 * h)  # 1 − e^{−2h}
+        a[k] = sigma[s] / sigma[t] * np.exp(-h)
+        g[k] = sigma[s] * np.sqrt(one_minus)
+    else:
+        one_minus = -np.expm1(-h)  # 1 − e^{−h}
+        a[k] = sigma[s] / sigma[t]
+    base = alpha[s] * one_minus
     b[k] = base
     second = k[1:]  # steps with a previous x̂_0
     if second.size:
@@ -479,7 +492,7 @@ def _dpm_solver_coefficients(ab, om, ts):
         half_inv_r = h[second] / (2.0 * h_prev)  # 1/(2r)
         b[second] = base[second] * (1.0 + half_inv_r)
         c[second] = -base[second] * half_inv_r
-    return a, b, c
+    return a, b, c, g
 
 
 def dpm_solver_pp_sample(
@@ -511,30 +524,80 @@ def dpm_solver_pp_sample(
     Returns x_0; with ``return_trajectory`` also (nfe+1, *shape) with row 0 = x_0 and row i the
     state at the i-th smallest timestep (row nfe = x_T), as ``ddim_sample``.
     """
+    return _dpm_solver_pp(model_fn, sched, key, shape, nfe=nfe, spacing=spacing,
+                          prediction=prediction, clip_x0=clip_x0,
+                          variance_output=variance_output,
+                          return_trajectory=return_trajectory, dtype=dtype, stochastic=False)
+
+
+def sde_dpm_solver_pp_sample(
+    model_fn: ModelFn,
+    sched: Schedule,
+    key,
+    shape,
+    *,
+    nfe: int,
+    spacing: str = "logSNR",
+    prediction: str = "eps",
+    clip_x0: bool = False,
+    variance_output: bool = False,
+    return_trajectory: bool = False,
+    dtype=jnp.float32,
+):
+    """SDE-DPM-Solver++(2M) (Lu et al., 2022; diffusers' ``"sde-dpmsolver++"``, midpoint): the
+    stochastic counterpart of ``dpm_solver_pp_sample``, in exactly ``nfe`` network calls.
+
+    It solves the reverse SDE rather than the probability-flow ODE, so it samples the model's
+    ancestral (SDE) distribution, which for an imperfect network may be better than its ODE's.
+    Same timesteps ``dpm_solver_timesteps(sched, nfe, spacing=spacing)``, x̂_0, arguments and
+    x_T (prior_key) as ``dpm_solver_pp_sample``; with s the next timestep, h = λ_s − λ_t:
+
+        x_s = (σ_s/σ_t) e^{−h} x_t + α_s (1 − e^{−2h}) (D0 + D1/2) + σ_s √(1 − e^{−2h}) z,
+
+    D0 = x̂_0(x_t, t), D1 = (D0 − x̂_0 of the previous step)/r, r = h_prev/h (D1 = 0 on the
+    first step: first order, which is the ancestral DDIM η = 1 step from t to s). The last step,
+    t_nfe = 1 -> 0, returns x_0 = x̂_0(x_1, 1) without noise. The noise z of the step leaving
+    x_t is drawn with ``fold_in(steps_key, t)`` (module docstring). One ``lax.scan``.
+    nfe = 2 is ``ddim_sample(num_steps=2, eta=1.0)`` for the same key.
+    Returns x_0; with ``return_trajectory`` also (nfe+1, *shape) as ``dpm_solver_pp_sample``.
+    """
+    return _dpm_solver_pp(model_fn, sched, key, shape, nfe=nfe, spacing=spacing,
+                          prediction=prediction, clip_x0=clip_x0,
+                          variance_output=variance_output,
+                          return_trajectory=return_trajectory, dtype=dtype, stochastic=True)
+
+
+def _dpm_solver_pp(model_fn, sched, key, shape, *, nfe, spacing, prediction, clip_x0,
+                   variance_output, return_trajectory, dtype, stochastic: bool):
+    """The scan of ``dpm_solver_pp_sample`` (ODE) and ``sde_dpm_solver_pp_sample`` (SDE)."""
     shape = _check_shape(shape)
     _check_model_and_schedule(model_fn, sched)
     check_choice("prediction", prediction, PREDICTIONS)
     ts = dpm_solver_timesteps(sched, nfe, spacing=spacing)
     ab, om = _concrete_tables(sched)
-    a, b, c = (jnp.asarray(v, dtype) for v in _dpm_solver_coefficients(ab, om, ts))
+    a, b, c, g = (jnp.asarray(v, dtype)
+                  for v in _dpm_solver_coefficients(ab, om, ts, stochastic=stochastic))
 
     def run(key):
-        prior_key, _ = jax.random.split(key)
+        prior_key, steps_key = jax.random.split(key)
         x_T = jax.random.normal(prior_key, shape, dtype)
 
         def body(carry, step):
             x_t, x0_prev = carry
-            t, a_k, b_k, c_k = step
+            t, a_k, b_k, c_k, g_k = step
             t_batch = jnp.full((shape[0],), t, jnp.int32)
             output, _ = split_output(model_fn(x_t, t_batch), variance_output)
             x0, _ = predict_x0_eps(output, sched, x_t, t_batch, prediction=prediction,
                                    clip_x0=clip_x0)
             x0 = x0.astype(dtype)
-            x_s = (a_k * x_t + b_k * x0 + c_k * x0_prev).astype(dtype)
+            x_s = a_k * x_t + b_k * x0 + c_k * x0_prev
+            if stochastic:  # static: the ODE solver draws no noise at all
+                x_s = x_s + g_k * jax.random.normal(jax.random.fold_in(steps_key, t), shape, dtype)
+            x_s = x_s.astype(dtype)
             return (x_s, x0), (x_s if return_trajectory else None)
 
         (x0, _), ys = jax.lax.scan(body, (x_T, jnp.zeros_like(x_T)),
-                                   (jnp.asarray(ts), a, b, c))
+                                   (jnp.asarray(ts), a, b, c, g))
         if not return_trajectory:
             return x0
         return x0, jnp.concatenate([ys[::-1], x_T[None]], axis=0)

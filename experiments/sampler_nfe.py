@@ -1,7 +1,7 @@
 """Experiment: which sampler at which NFE — FD-digits and wall-clock per sample against NFE.
 
 The trained DDPM of ``make train`` (``--run_dir``, default ``runs/ddpm_digits``; nothing is
-trained here) sampled with four samplers at NFE = 5, 10, 20, 50, 100, 250, 1,000 network
+trained here) sampled with five samplers at NFE = 5, 10, 20, 50, 100, 250, 1,000 network
 evaluations, ``--num_samples`` digits each, all from the same key (so every sampler starts from
 the same x_T ~ N(0, I)); every sampler clips x̂_0 to [−1, 1], as the model kind's ``sample``.
 
@@ -15,6 +15,8 @@ the same x_T ~ N(0, I)); every sampler clips x̂_0 to [−1, 1], as the model ki
   separates that choice from the number of steps.
 - DDIM (η = 0) over ``ddim_timesteps(T, NFE)``.
 - DPM-Solver++(2M), log-SNR spacing, exactly NFE evaluations.
+- SDE-DPM-Solver++(2M) (``sde_dpm_solver_pp_sample``): its stochastic counterpart on the same
+  timesteps, which samples the reverse SDE (like the ancestral sampler) rather than the ODE.
 - Heun (Karras et al. 2022, ρ = 7): NFE must be odd (2N − 1 for N noise levels), so it runs at
   the nearest odd NFE ≤ the nominal one (5, 9, 19, 49, 99, 249, 999); tables give the NFE used.
 
@@ -47,10 +49,13 @@ from experiments import common
 NAME = "sampler_nfe"
 DEFAULT_RUN_DIR = "runs/ddpm_digits"
 NFES = (5, 10, 20, 50, 100, 250, 1000)
-SAMPLERS = ("ancestral", "ddim", "dpm_solver++", "heun")
+SAMPLERS = ("ancestral", "ddim", "dpm_solver++", "heun", "sde_dpm_solver++")
 LABELS = {"ancestral": "ancestral (DDPM)", "ddim": "DDIM (η = 0)",
           "dpm_solver++": "DPM-Solver++(2M)", "heun": "Heun (odd NFE)",
+          "sde_dpm_solver++": "SDE-DPM-Solver++(2M)",
           "ancestral_eta1": "ancestral η = 1 (β̃) at T"}
+SOLVERS = {"dpm_solver++": samplers.dpm_solver_pp_sample, "heun": samplers.heun_sample,
+           "sde_dpm_solver++": samplers.sde_dpm_solver_pp_sample}
 QUICK_NFES = (5, 10)
 QUICK_SAMPLERS = ("ddim", "heun")  # with the T-step ancestral reference: 5 compilations
 TOLERANCE = 0.10  # "within 10 %" of the reference FD-digits
@@ -146,9 +151,8 @@ def make_sampler(config, run, sampler: str, nfe: int, shape):
             return samplers.ddim_sample(net, sched, key, shape, num_steps=nfe,
                                         eta=0.0 if sampler == "ddim" else 1.0,
                                         variance_output=model.learned_variance, **kw)
-        solve = {"dpm_solver++": samplers.dpm_solver_pp_sample, "heun": samplers.heun_sample}
-        return solve[sampler](net, sched, key, shape, nfe=nfe,
-                              variance_output=model.learned_variance, **kw)
+        return SOLVERS[sampler](net, sched, key, shape, nfe=nfe,
+                                variance_output=model.learned_variance, **kw)
 
     return jax.jit(run_sampler)
 
@@ -331,7 +335,8 @@ def plot(rows, ref, real, names, path, T):
     ax.axhline(fd, color="0.4", lw=1)
     if np.isfinite(real["fd"]):
         ax.axhline(real["fd"], color="k", ls=":", lw=1, label="real digits (same N)")
-    markers = {"ancestral": "o", "ddim": "s", "dpm_solver++": "^", "heun": "D"}
+    markers = {"ancestral": "o", "ddim": "s", "dpm_solver++": "^", "heun": "D",
+               "sde_dpm_solver++": "v"}
     for name in names:
         rs = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["nfe"])
         if name == "ancestral":

@@ -1,4 +1,5 @@
-"""The deterministic ODE samplers DPM-Solver++(2M) and Heun (Karras schedule), beside DDIM.
+"""The deterministic ODE samplers DPM-Solver++(2M) and Heun (Karras schedule), beside DDIM, and the
+stochastic SDE-DPM-Solver++(2M) (last section but the kind / CLI one).
 
 Gaussian data x_0 ~ N(μ0, s0²) with the exact denoiser (tests/gaussian_case.py): the probability-
 flow ODE then maps x_T to x_0 affinely and in closed form, because
@@ -265,10 +266,113 @@ def test_clear_errors():
         samplers.heun_sample(model, sched, KEY, 4, nfe=3)
 
 
+# --------------------------------------------------------------------------- SDE-DPM-Solver++(2M)
+
+
+def test_sde_dpm_solver_carries_the_prior_to_the_data_distribution():
+    """Gaussian data, exact denoiser, NFE 50: sample mean and std are N(μ0, s0²)'s within Monte-
+    Carlo error (the exact SDE marginal; prior mismatch < 1e-3, see above). Measured (KEY,
+    key(1)): mean 0.3044 / 0.2989, std 0.5058 / 0.5050 against 0.2990 / 0.5040; at NFE 10 the
+    std is 0.511 (discretization). The samples are not the ODE's: noise is injected."""
+    sched = _sched()
+    ab_T = float(np.asarray(sched.alpha_bars, np.float64)[-1])
+    scale = DATA.s0 / np.sqrt(ab_T * DATA.s0**2 + 1.0 - ab_T)
+    mean_star, std_star = DATA.mu0 * (1.0 - np.sqrt(ab_T) * scale), scale
+    x0 = np.asarray(samplers.sde_dpm_solver_pp_sample(_model(sched), sched, KEY, (N, 1), nfe=50),
+                    np.float64)
+    se_mean, se_std = std_star / np.sqrt(N), std_star / np.sqrt(2 * N)
+    assert abs(x0.mean() - mean_star) < 4 * se_mean, x0.mean()
+    assert abs(x0.std() - std_star) < 4 * se_std + 2e-3, x0.std()
+    assert _rms(x0, _exact_endpoint(sched, _prior(KEY, (N, 1)))) > 0.1
+
+
+def test_sde_dpm_solver_first_order_step_is_the_ancestral_ddim_step():
+    """The first step (no history) is DDIM η = 1 over the same jump, with the same noise
+    (fold_in(steps_key, t)): NFE 2 (first and final steps only) equals ``ddim_sample(eta=1)``
+    end to end; at NFE 20 the first state after x_T is ``make_ddim_step(eta=1)``'s jump."""
+    sched, shape = _sched(), (64, 3)
+    model = _model(sched)
+    sde = samplers.sde_dpm_solver_pp_sample(model, sched, KEY, shape, nfe=2)
+    ddim = samplers.ddim_sample(model, sched, KEY, shape, num_steps=2, eta=1.0)
+    np.testing.assert_allclose(np.asarray(sde), np.asarray(ddim), rtol=1e-5, atol=1e-5)
+    ts = samplers.dpm_solver_timesteps(sched, 20)
+    _, traj = samplers.sde_dpm_solver_pp_sample(model, sched, KEY, shape, nfe=20,
+                                                return_trajectory=True)
+    assert traj.shape == (21, *shape)
+    np.testing.assert_allclose(np.asarray(traj[-1]), _prior(KEY, shape), rtol=1e-6)
+    step = samplers.make_ddim_step(model, sched, eta=1.0)
+    x_s = step(traj[-1], int(ts[0]), int(ts[1]), jax.random.split(KEY)[1])
+    np.testing.assert_allclose(np.asarray(traj[-2]), np.asarray(x_s), rtol=1e-5, atol=1e-5)
+    # Later steps are the midpoint second-order update (float64 here, from the same states and
+    # noise): x_s = (σ_s/σ_t) e^{−h} x_t + α_s (1 − e^{−2h}) (D0 + D1/2) + σ_s √(1 − e^{−2h}) z.
+    ab = np.asarray(sched.alpha_bars, np.float64)
+    lam = np.concatenate([[np.inf], 0.5 * np.log(ab[1:] / (1.0 - ab[1:]))])  # λ_t
+    for k in (5, 15):  # t = 705 -> 630 and t = 20 -> 11
+        t_prev, t, s_ = (int(v) for v in ts[k - 1:k + 2])
+        x_prev, x_t = traj[20 - (k - 1)], traj[20 - k]
+        d_prev, d0 = (np.asarray(DATA.denoiser(sched, x, jnp.full((shape[0],), tt))[0])
+                      for x, tt in ((x_prev, t_prev), (x_t, t)))
+        h, h_prev = lam[s_] - lam[t], lam[t] - lam[t_prev]
+        z = jax.random.normal(jax.random.fold_in(jax.random.split(KEY)[1], t), shape)
+        expected = (np.sqrt((1 - ab[s_]) / (1 - ab[t])) * np.exp(-h) * np.asarray(x_t, np.float64)
+                    + np.sqrt(ab[s_]) * -np.expm1(-2 * h) * (d0 + 0.5 * (d0 - d_prev) * h / h_prev)
+                    + np.sqrt((1 - ab[s_]) * -np.expm1(-2 * h)) * np.asarray(z, np.float64))
+        np.testing.assert_allclose(np.asarray(traj[20 - (k + 1)]), expected, rtol=1e-4, atol=1e-4)
+        first = step(x_t, t, s_, jax.random.split(KEY)[1])  # the first-order jump differs
+        assert np.abs(np.asarray(first) - expected).max() > 1e-3
+
+
+def test_sde_dpm_solver_exact_nfe_determinism_and_keys():
+    sched, seen = dj.linear_schedule(50), []
+
+    def model(x_t, t):
+        jax.debug.callback(lambda t: seen.append(int(t[0])), t, ordered=True)
+        return _model(sched)(x_t, t)
+
+    runs = []
+    for nfe, key in ((1, KEY), (7, KEY), (7, KEY), (7, jax.random.key(1))):
+        seen.clear()
+        runs.append(np.asarray(samplers.sde_dpm_solver_pp_sample(model, sched, key, (4, 1),
+                                                                 nfe=nfe)))
+        jax.effects_barrier()
+        assert seen == samplers.dpm_solver_timesteps(sched, nfe).tolist()
+    np.testing.assert_array_equal(runs[1], runs[2])
+    assert not np.allclose(runs[1], runs[3])
+    # Same x_T as the ODE solver, different x_0 (the step noise).
+    ode = samplers.dpm_solver_pp_sample(_model(sched), sched, KEY, (4, 1), nfe=7)
+    assert not np.allclose(runs[1], np.asarray(ode))
+
+
+def test_sde_dpm_solver_predictions_and_clear_errors():
+    sched, shape = _sched(), (256, 2)
+    fn = functools.partial(samplers.sde_dpm_solver_pp_sample, sched=sched, key=KEY, shape=shape,
+                           nfe=9)
+    base = fn(_model(sched))
+    v = fn(_model(sched, "v"), prediction="v")
+    np.testing.assert_allclose(np.asarray(v), np.asarray(base), atol=2e-4)
+    assert np.abs(np.asarray(fn(_model(sched), clip_x0=True))).max() <= 1.0
+    small, model = dj.linear_schedule(20), _model(dj.linear_schedule(20))
+    sde = functools.partial(samplers.sde_dpm_solver_pp_sample, model, small, KEY, (2, 1))
+    with pytest.raises(ValueError, match="at least 1"):
+        sde(nfe=0)
+    with pytest.raises(TypeError, match="must be an int"):
+        sde(nfe=True)
+    with pytest.raises(ValueError, match="prediction"):
+        sde(nfe=3, prediction="score")
+    with pytest.raises(ValueError, match=r"nfe=21 exceeds .* nfe ≤ T = 20"):
+        sde(nfe=21)
+    with pytest.raises(ValueError, match=r"spacing must be one of"):
+        sde(nfe=3, spacing="log_snr")
+    with pytest.raises(TypeError, match="sched must be concrete"):
+        jax.jit(lambda s: samplers.sde_dpm_solver_pp_sample(model, s, KEY, (2, 1), nfe=3))(small)
+    with pytest.raises(TypeError, match="shape"):
+        samplers.sde_dpm_solver_pp_sample(model, small, KEY, 4, nfe=3)
+
+
 # --------------------------------------------------------------------------- kind and CLI
 
 IMAGE = (8, 8, 1)
-NFE = {"dpm_solver++": 4, "heun": 5}
+NFE = {"dpm_solver++": 4, "heun": 5, "sde_dpm_solver++": 4}
 
 
 def _tiny(**overrides):
@@ -286,6 +390,7 @@ def _tiny_model():
 def test_kind_validates_eval_nfe_naming_the_key():
     ddpm.validate(_tiny(eval__sampler="heun", eval__nfe=39))
     ddpm.validate(_tiny(eval__sampler="dpm_solver++", eval__nfe=20))
+    ddpm.validate(_tiny(eval__sampler="sde_dpm_solver++", eval__nfe=20))
     ddpm.validate(_tiny(eval__sampler="ddim", eval__nfe=40))  # unused by ddim: only positive
     cases = [
         ({"eval__sampler": "heun", "eval__nfe": 20}, r"config\.eval\.nfe \(20\).*even.*nfe=19 or nfe=21"),
@@ -293,6 +398,8 @@ def test_kind_validates_eval_nfe_naming_the_key():
         ({"eval__sampler": "dpm_solver++", "eval__nfe": 25},
          r"config\.eval\.nfe \(25\) must not exceed config\.diffusion\.T \(20\)"),
         ({"eval__sampler": "dpm_solver++", "eval__nfe": 0}, r"config\.eval\.nfe must be a positive int"),
+        ({"eval__sampler": "sde_dpm_solver++", "eval__nfe": 21},
+         r"config\.eval\.nfe \(21\) must not exceed config\.diffusion\.T \(20\)"),
         ({"eval__sampler": "dpm_solver"}, r"config\.eval\.sampler.*Did you mean 'dpm_solver\+\+'"),
     ]
     for overrides, message in cases:
@@ -304,18 +411,18 @@ def test_kind_validates_eval_nfe_naming_the_key():
                     sampler="heun")
 
 
-@pytest.mark.parametrize("sampler", ["dpm_solver++", "heun"])
-def test_kind_ode_sampler_compiles_once_and_equals_the_core_sampler(sampler):
+@pytest.mark.parametrize("sampler", ["dpm_solver++", "heun", "sde_dpm_solver++"])
+def test_kind_nfe_sampler_compiles_once_and_equals_the_core_sampler(sampler):
     config, (model, params) = _tiny(eval__nfe=NFE[sampler]), _tiny_model()
-    before = ddpm._ode_sampler.cache_info()
+    before = ddpm._nfe_sampler.cache_info()
     outs = [ddpm.sample(config, model, params, jax.random.key(i), num_samples=2,
                         image_shape=IMAGE, sampler=sampler, progress=False) for i in range(2)]
-    after = ddpm._ode_sampler.cache_info()  # (no cache_clear: the CLI test reuses the entry)
+    after = ddpm._nfe_sampler.cache_info()  # (no cache_clear: the CLI test reuses the entry)
     assert after.misses - before.misses <= 1 and after.hits - before.hits >= 1
     assert after.misses + after.hits - before.misses - before.hits == 2
     assert outs[0].shape == (2, *IMAGE) and np.abs(outs[0]).max() <= 1.0
     assert not np.allclose(outs[0], outs[1])
-    fn = samplers.dpm_solver_pp_sample if sampler == "dpm_solver++" else samplers.heun_sample
+    fn = ddpm.NFE_SAMPLER_FNS[sampler]
     ref = fn(ddpm.network_fn(model, params), ddpm.build_schedule(config.diffusion),
              jax.random.key(1), (2, *IMAGE), nfe=NFE[sampler], clip_x0=True)
     np.testing.assert_allclose(outs[1], np.asarray(ref), rtol=1e-5, atol=1e-5)
@@ -348,10 +455,15 @@ def test_cli_sample_with_the_ode_samplers(capfd, tmp_path, monkeypatch):
     code, out, err = run("--sampler=dpm_solver++", "--config.eval.nfe=4")
     assert code == 0, err
     assert (tmp_path / "samples" / "sample_step2_seed0_dpm_solver++_nfe4_n2_b2.npy").is_file()
+    code, out, err = run("--sampler", "sde_dpm_solver++", "--nfe", "3")
+    assert code == 0, err
+    assert (tmp_path / "samples" / "sample_step2_seed0_sde_dpm_solver++_nfe3_n2_b2.npy").is_file()
 
     mistakes = [
         (("--sampler", "heun", "--nfe", "4"), ["config.eval.nfe (4)", "even", "nfe=3 or nfe=5"]),
         (("--sampler", "dpm_solver++", "--nfe", "21"), ["config.eval.nfe (21)", "must not exceed"]),
+        (("--sampler", "sde_dpm_solver++", "--nfe", "21"),
+         ["config.eval.nfe (21)", "must not exceed"]),
         (("--sampler", "ddim", "--nfe", "5"), ["--nfe 5", "'ddim'", "ddim_steps"]),
         (("--nfe", "5"), ["--nfe 5", "'ddpm'"]),  # the config's sampler is ddpm
         (("--sampler", "heun", "--nfe", "0"), ["--nfe must be a positive int"]),

@@ -40,10 +40,12 @@ from diffusion_jax.training.kinds.common import (
 LOSSES = ("l_simple", "vlb", "hybrid")
 T_SAMPLING = ("uniform", "importance")
 SCHEDULES = ("linear", "cosine")
-SAMPLERS = ("ddpm", "ddim", "dpm_solver++", "heun")
-# The deterministic ODE samplers, which take config.eval.nfe network evaluations.
-ODE_SAMPLERS = {"dpm_solver++": samplers.dpm_solver_pp_sample, "heun": samplers.heun_sample}
-NFE_SAMPLERS = tuple(ODE_SAMPLERS)
+SAMPLERS = ("ddpm", "ddim", "dpm_solver++", "heun", "sde_dpm_solver++")
+# The solvers that take config.eval.nfe network evaluations: the deterministic ODE solvers
+# DPM-Solver++(2M) and Heun, and the stochastic SDE-DPM-Solver++(2M).
+NFE_SAMPLER_FNS = {"dpm_solver++": samplers.dpm_solver_pp_sample, "heun": samplers.heun_sample,
+                   "sde_dpm_solver++": samplers.sde_dpm_solver_pp_sample}
+NFE_SAMPLERS = tuple(NFE_SAMPLER_FNS)
 ODE_DIVERGENCES = ("hutchinson", "exact")
 FINGERPRINT_KEYS = ("model", "diffusion.T", "diffusion.schedule", "diffusion.beta_1",
                     "diffusion.beta_T", "data.name", "data.binarize")
@@ -70,7 +72,7 @@ def add_config(c: ml_collections.ConfigDict) -> None:
     c.eval.elbo_chunk_size = 50
     c.eval.sampler = "ddpm"
     c.eval.ddim_steps = 100
-    c.eval.nfe = 25  # network evaluations of dpm_solver++ (1..T) and heun (odd, 1..2T−1)
+    c.eval.nfe = 25  # network evaluations of (sde_)dpm_solver++ (1..T), heun (odd, 1..2T−1)
     # Final evaluation extras (0 = off): FD-digits of fd_samples samples drawn with eval.sampler
     # (digits only), and the probability-flow ODE bits/dim of the first ode_examples examples.
     c.eval.fd_samples = 0
@@ -443,17 +445,19 @@ def extra_summary_lines(ev: dict) -> list[str]:
 
 def sample(config, model, params, key, *, num_samples: int, image_shape, sampler=None,
            progress: bool = True, chunk: int = 100) -> np.ndarray:
-    """(num_samples, H, W, C) in [−1, 1]: ancestral DDPM (compiled chunks), DDIM, or the ODE
-    solvers DPM-Solver++(2M) ("dpm_solver++") and Heun ("heun").
+    """(num_samples, H, W, C) in [−1, 1]: ancestral DDPM (compiled chunks), DDIM, the ODE
+    solvers DPM-Solver++(2M) ("dpm_solver++") and Heun ("heun"), or the stochastic
+    SDE-DPM-Solver++(2M) ("sde_dpm_solver++").
 
     ``sampler`` overrides ``config.eval.sampler``; DDIM takes ``config.eval.ddim_steps`` steps,
-    the ODE solvers ``config.eval.nfe`` network evaluations (checked by ``check_nfe``: an NFE
-    the sampler cannot take exactly is an error naming the key, never adjusted). All clip x̂_0
+    the NFE solvers (``NFE_SAMPLERS``) ``config.eval.nfe`` network evaluations (checked by
+    ``check_nfe``: an NFE the sampler cannot take exactly is an error naming the key, never
+    adjusted). All clip x̂_0
     to [−1, 1]. The compiled samplers take the parameters as an argument and are cached per
     model, schedule and shape (and steps / NFE), so repeated calls (sample grids during
     training, batches of the CLI's ``sample``) compile once. Samples equal
-    ``samplers.ddpm_sample`` / ``ddim_sample`` / ``dpm_solver_pp_sample`` / ``heun_sample``
-    with the same key and ``clip_x0=True``.
+    ``samplers.ddpm_sample`` / ``ddim_sample`` / ``dpm_solver_pp_sample`` / ``heun_sample`` /
+    ``sde_dpm_solver_pp_sample`` with the same key and ``clip_x0=True``.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
@@ -472,7 +476,7 @@ def sample(config, model, params, key, *, num_samples: int, image_shape, sampler
     if sampler in NFE_SAMPLERS:
         nfe = config.eval.nfe
         check_nfe(nfe, sampler, int(d.T))
-        return np.asarray(_ode_sampler(model, sched_key, shape, sampler, int(nfe))(params, key))
+        return np.asarray(_nfe_sampler(model, sched_key, shape, sampler, int(nfe))(params, key))
     run_chunk = _ancestral_chunk(model, sched_key, d.variance)
     prior_key, steps_key = jax.random.split(key)
     x = jax.random.normal(prior_key, shape, jnp.float32)
@@ -517,10 +521,10 @@ def _ddim_sampler(model, sched_key, shape, steps):
 
 
 @functools.lru_cache(maxsize=8)
-def _ode_sampler(model, sched_key, shape, sampler, nfe):
-    """jit((params, key) -> x_0) of the ODE sampler ``sampler`` with ``nfe`` evaluations."""
+def _nfe_sampler(model, sched_key, shape, sampler, nfe):
+    """jit((params, key) -> x_0) of the NFE sampler ``sampler`` with ``nfe`` evaluations."""
     sched = _schedule_from_key(sched_key)
-    solve = ODE_SAMPLERS[sampler]
+    solve = NFE_SAMPLER_FNS[sampler]
     return jax.jit(lambda params, key: solve(
         network_fn(model, params), sched, key, shape, nfe=nfe, prediction=model.prediction,
         clip_x0=True, variance_output=model.learned_variance))
