@@ -88,6 +88,9 @@ def _add_args(parser):
                              "off with --quick)")
     parser.add_argument("--rerender", action="store_true",
                         help="rebuild the tables and figure from out_dir/results.json (no sampling)")
+    parser.add_argument("--extend", action="store_true",
+                        help="sample only the --samplers missing from out_dir/results.json (same "
+                             "checkpoint, N, NFEs and key; refused otherwise) and re-render")
 
 
 def settings(args) -> dict:
@@ -206,9 +209,37 @@ def main(argv=None) -> dict:
         previous = json.loads((args.out_dir / "results.json").read_text())
         report.restore(previous)
         data = {k: previous[k] for k in ("settings", "results", "reference", "real_digits")}
+    elif args.extend:
+        data = extend(args, json.loads((args.out_dir / "results.json").read_text()), report)
     else:
         data = compute(args, settings(args))
     return render(report, data, args)
+
+
+def extend(args, previous: dict, report) -> dict:
+    """``previous`` (a results.json) with rows for the samplers it lacks, sampled with its own
+    settings; an error if the run's checkpoint is no longer the one it sampled."""
+    report.restore(previous)
+    s = dict(previous["settings"])
+    wanted = settings(args)["samplers"]
+    new = [name for name in wanted if name not in s["samplers"]]
+    if not new:
+        raise ValueError(f"--extend: {list(wanted)} are all in {args.out_dir}/results.json already.")
+    run_step = load_ddpm_run(args.run_dir)[1].step
+    if run_step != s["checkpoint_step"] or str(args.run_dir) != s["run_dir"]:
+        raise ValueError(f"--extend: results.json sampled {s['run_dir']} at step "
+                         f"{s['checkpoint_step']}, but {args.run_dir} is at step {run_step}; "
+                         f"rerun the whole grid instead.")
+    added = compute(args, {**s, "samplers": tuple(new), "eta1_at_T": False})
+    if added["reference"]["fd"] != previous["reference"]["fd"]:
+        raise ValueError("--extend: the T-step ancestral reference changed "
+                         f"({previous['reference']['fd']} -> {added['reference']['fd']}); "
+                         "rerun the whole grid.")
+    s["samplers"] = tuple(s["samplers"]) + tuple(new)
+    s["extended_with"] = list(new)
+    rows = previous["results"] + [r for r in added["results"][1:]]
+    return {"settings": s, "results": rows, "reference": previous["reference"],
+            "real_digits": previous["real_digits"]}
 
 
 def compute(args, s: dict) -> dict:

@@ -68,3 +68,16 @@ def test_sampler_nfe_quick(tiny_run, tmp_path):
                       "--no-progress", "--rerender"])
     after = (out / "results.md").read_text()
     assert "re-rendered" in after and [ln for ln in after.splitlines() if ln.startswith("| ")] == before
+
+    # --extend samples only the samplers results.json lacks (the reference must come out the same).
+    extended = sampler_nfe.main(["--quick", "--run_dir", str(tiny_run), "--out_dir", str(out),
+                                 "--no-progress", "--extend", "--samplers", "ddim,heun,dpm_solver++"])
+    got = {(r["sampler"], r["nfe"]) for r in extended["results"]}
+    assert got == {(s, n) for s, _, n in {("ancestral", 20, 20), ("ddim", 5, 5), ("ddim", 10, 10),
+                                          ("heun", 5, 5), ("heun", 10, 9)}} | {
+        ("dpm_solver++", 5), ("dpm_solver++", 10)}
+    assert extended["settings"]["extended_with"] == ["dpm_solver++"]
+    assert "DPM-Solver++" in (out / "results.md").read_text()
+    with pytest.raises(ValueError, match="all in"):
+        sampler_nfe.main(["--quick", "--run_dir", str(tiny_run), "--out_dir", str(out),
+                          "--no-progress", "--extend", "--samplers", "ddim"])
