@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax._checks import check_choice, is_int
+from diffusion_jax._checks import check_choice, check_finite, is_int
 from diffusion_jax.data.pipeline import full_split
 
 __all__ = [
@@ -390,8 +390,7 @@ def _check_images(name: str, images) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"{name} must be float images in [-1, 1], got dtype {x.dtype} "
                         f"(map integer levels with diffusion_jax.data.to_model_range).")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} holds {int(x.size - np.isfinite(x).sum())} NaN or Inf values.")
+    check_finite(name, x)
     return x
 
 

@@ -54,8 +54,6 @@ LABELS = {"ancestral": "ancestral (DDPM)", "ddim": "DDIM (η = 0)",
           "dpm_solver++": "DPM-Solver++(2M)", "heun": "Heun (odd NFE)",
           "sde_dpm_solver++": "SDE-DPM-Solver++(2M)",
           "ancestral_eta1": "ancestral η = 1 (β̃) at T"}
-SOLVERS = {"dpm_solver++": samplers.dpm_solver_pp_sample, "heun": samplers.heun_sample,
-           "sde_dpm_solver++": samplers.sde_dpm_solver_pp_sample}
 QUICK_NFES = (5, 10)
 QUICK_SAMPLERS = ("ddim", "heun")  # with the T-step ancestral reference: 5 compilations
 TOLERANCE = 0.10  # "within 10 %" of the reference FD-digits
@@ -154,7 +152,7 @@ def make_sampler(config, run, sampler: str, nfe: int, shape):
             return samplers.ddim_sample(net, sched, key, shape, num_steps=nfe,
                                         eta=0.0 if sampler == "ddim" else 1.0,
                                         variance_output=model.learned_variance, **kw)
-        return SOLVERS[sampler](net, sched, key, shape, nfe=nfe,
+        return kind.NFE_SAMPLER_FNS[sampler](net, sched, key, shape, nfe=nfe,
                                 variance_output=model.learned_variance, **kw)
 
     return jax.jit(run_sampler)

@@ -6,21 +6,16 @@ from diffusion_jax.training.config import base_config
 def tiny_config(model_kind: str = "ddpm", **overrides):
     c = base_config(model_kind)
     c.data.batch_size = 8
-    if model_kind == "ddpm":  # the smallest U-Net (one level, no attention): compiles ~3× faster
+    if model_kind in ("ddpm", "vdm"):  # the smallest U-Net (one level, no attention): compiles ~3× faster
         c.model.ch = 8
         c.model.ch_mult = (1,)
         c.model.num_res_blocks = 1
         c.model.attn_resolutions = ()
         c.model.mid_attention = False
         c.model.num_groups = 4
+    if model_kind == "ddpm":
         c.diffusion.T = 20
-    elif model_kind == "vdm":  # the same smallest U-Net
-        c.model.ch = 8
-        c.model.ch_mult = (1,)
-        c.model.num_res_blocks = 1
-        c.model.attn_resolutions = ()
-        c.model.mid_attention = False
-        c.model.num_groups = 4
+    elif model_kind == "vdm":
         c.model.fourier_min, c.model.fourier_max = 2, 3
         c.diffusion.gamma_hidden = 16
         c.eval.vdm_draws = 3

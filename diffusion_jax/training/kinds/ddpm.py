@@ -308,6 +308,10 @@ def evaluate(config, model, params, images, key, *, num_levels: int, cache_dir=N
     the numbers (schedule tables, variance, decoder, levels, form, batches, key, images); the
     file is removed when the evaluation completes.
     """
+    if config.eval.ode_examples > images.shape[0]:  # before the ELBO, not minutes after it
+        raise ValueError(f"config.eval.ode_examples ({config.eval.ode_examples}) exceeds the "
+                         f"{images.shape[0]} test examples evaluated; lower it (or raise "
+                         f"eval.max_examples).")
     sched = build_schedule(config.diffusion)
     variance, form, chunk = config.diffusion.variance, "ddpm", config.eval.elbo_chunk_size
     dims = int(np.prod(images.shape[1:]))
@@ -349,9 +353,6 @@ def ode_evaluation(config, model, params, images, elbo_bpd, key, *, num_levels: 
     ``elbo_bpd`` (per example) of the same images, with their paired difference."""
     e = config.eval
     n = int(e.ode_examples)
-    if n > images.shape[0]:
-        raise ValueError(f"config.eval.ode_examples ({n}) exceeds the {images.shape[0]} test "
-                         f"examples evaluated; lower it (or raise eval.max_examples).")
     images = images[:n]
     solve = _ode_bpd_fn(model, _sched_key(config.diffusion), int(num_levels), e.ode_divergence,
                         float(e.ode_tolerance))
@@ -452,8 +453,7 @@ def sample(config, model, params, key, *, num_samples: int, image_shape, sampler
     ``sampler`` overrides ``config.eval.sampler``; DDIM takes ``config.eval.ddim_steps`` steps,
     the NFE solvers (``NFE_SAMPLERS``) ``config.eval.nfe`` network evaluations (checked by
     ``check_nfe``: an NFE the sampler cannot take exactly is an error naming the key, never
-    adjusted). All clip x̂_0
-    to [−1, 1]. The compiled samplers take the parameters as an argument and are cached per
+    adjusted). All clip x̂_0 to [−1, 1]. The compiled samplers take the parameters as an argument and are cached per
     model, schedule and shape (and steps / NFE), so repeated calls (sample grids during
     training, batches of the CLI's ``sample``) compile once. Samples equal
     ``samplers.ddpm_sample`` / ``ddim_sample`` / ``dpm_solver_pp_sample`` / ``heun_sample`` /
