@@ -9,11 +9,13 @@ calls reuse (the jit cache is shared with the AOT path).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,12 +31,14 @@ from diffusion_jax.elbo import (
 from diffusion_jax.models import UNet, num_params, timestep_embedding, unet_benchmark, unet_digits
 from diffusion_jax.samplers import ddpm_denoise, ddpm_sample, make_ddpm_step
 from diffusion_jax.schedules import linear_schedule
+from diffusion_jax.training import kinds
 from diffusion_jax.training.config import base_config
 from diffusion_jax.training.kinds import ddpm as ddpm_kind
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import ParallelStep, create_train_state, make_train_step
 
 NUM_LEVELS = 256  # the discretized decoder of 8-bit images
+ROOT = Path(__file__).resolve().parents[1]  # the repository: configs are named relative to it
 
 
 class TinyEpsMLP(nn.Module):
@@ -209,9 +213,106 @@ def train_task(*, net: str, image_shape, batch: int, steps: int, warmup: int, de
         "mode": mode, "devices": devices, "dtype": dtype, "remat": remat,
         "compile_s": compile_s, "first_call_s": first_call_s,
         "step_s_median": step_s, "step_s_all": times, "images_per_s": batch / step_s,
-        "cores_busy": cores_busy,
+        "steps_per_s": 1.0 / step_s, "cores_busy": cores_busy,
         "xla_flops_per_step": _cost_flops(compiled), "xla_memory": _memory(compiled),
         "loss_finite": math.isfinite(loss),
+    }
+
+
+def train_main_task(*, config: str, steps: int, reps: int, warmup: int,
+                    model_overrides: dict | None = None, distinct_batches: int = 8) -> dict:
+    """Steps/s of the exact train step ``make train`` runs, built from ``config`` as the
+    trainer builds it (``diffusion_jax.training.trainer._train``).
+
+    ``cli.load_config(config)``; ``kind = kinds.get(cfg.model_kind)``; the data set, network,
+    ``kind.make_loss`` (the data set's levels), ``make_optimizer(cfg.optim, cfg.train.num_steps)``,
+    ``make_train_step(..., ema_decay=cfg.optim.ema_decay, global_batch=cfg.data.batch_size,
+    update_loss_state=...)`` and ``ParallelStep(mode=cfg.train.parallel, steps_per_call=k)`` with
+    k = ``cfg.train.steps_per_call`` (1 when the config has no such key); with k > 1 every call
+    gets k real batches stacked to (k, B, ...) and counts k steps. The batches are the trainer's
+    first ``distinct_batches`` × k (``batch_at``), read beforehand and cycled, so data loading is
+    not timed. After compilation, a first call and ``warmup`` untimed steps, ``reps``
+    repetitions of ``steps`` steps (rounded up to whole calls) are each timed as a whole, as the
+    trainer runs them (dispatched back to back, one wait at the end), and divided by the step
+    count. ``model_overrides`` (the smoke test only) replace ``config.model`` keys.
+    """
+    from diffusion_jax.cli import load_config
+    from diffusion_jax.data import pipeline
+
+    cfg = load_config(str(ROOT / config))  # an absolute path stays as it is
+    if model_overrides:
+        cfg.model.update(model_overrides)
+    kind = kinds.get(cfg.model_kind)
+    train_ds = pipeline.make_dataset(
+        cfg.data.name, cfg.data.train_split, batch_size=cfg.data.batch_size, seed=cfg.seed,
+        data_dir=cfg.data.data_dir or None, binarize=cfg.data.binarize,
+        dequantize=cfg.data.dequantize)
+    image_shape, num_levels = tuple(train_ds.image_shape), int(train_ds.num_levels)
+    model = kind.build(cfg, image_shape)
+    loss_fn = kind.make_loss(model, cfg, num_levels=num_levels)
+    optimizer = make_optimizer(cfg.optim, cfg.train.num_steps)
+    train_key = jax.random.split(jax.random.key(cfg.seed), 3)[0]  # the trainer's split
+    params = kind.init_params(model, image_shape, jax.random.key(cfg.seed, impl="rbg"))
+    # The trainer's initial state, computed in one jitted call (op by op, the optimizer's
+    # initialisation compiles one tiny program per leaf shape).
+    state = jax.jit(lambda p, k: create_train_state(p, optimizer, k, kind.init_loss_state(cfg)))(
+        params, train_key)
+    k = int(cfg.train.get("steps_per_call", 1))
+    factory = functools.partial(make_train_step, loss_fn, optimizer,
+                                ema_decay=cfg.optim.ema_decay, global_batch=cfg.data.batch_size,
+                                update_loss_state=kind.loss_state_update(cfg))
+    runner = ParallelStep(lambda axis_name: factory(axis_name=axis_name),
+                          mode=cfg.train.parallel, global_batch=cfg.data.batch_size,
+                          steps_per_call=k)
+    state = runner.put_state(state)
+
+    def call_batch(i):  # the host batch of one call: k consecutive trainer batches if k > 1
+        if k == 1:
+            return train_ds.batch_at(i)
+        parts = [train_ds.batch_at(i * k + j) for j in range(k)]
+        return {key: np.stack([p[key] for p in parts]) for key in parts[0]}
+
+    host = [call_batch(i) for i in range(distinct_batches)]
+    compiled, compile_s = _compile(runner._step, state, runner.put_batch(host[0]))
+    calls = 0
+
+    def run(n_calls):
+        nonlocal state, calls
+        metrics = None
+        for _ in range(n_calls):
+            state, metrics = runner(state, host[calls % len(host)])
+            calls += 1
+        return _block((state, metrics))[1]
+
+    start = time.perf_counter()
+    run(1)
+    first_call_s = time.perf_counter() - start
+    run(max(1, -(-warmup // k)))
+    calls_per_rep = max(1, -(-steps // k))
+    steps_per_rep = calls_per_rep * k
+    times, cpu_start = [], _cpu_s()
+    for _ in range(reps):
+        start = time.perf_counter()
+        metrics = run(calls_per_rep)
+        times.append((time.perf_counter() - start) / steps_per_rep)
+    cores_busy = (_cpu_s() - cpu_start) / (sum(times) * steps_per_rep)
+    loss = np.asarray(metrics["loss"])
+    step_s = statistics.median(times)
+    batch = int(cfg.data.batch_size)
+    # Cost analysis counts a loop body once: the FLOPs per step are known for k = 1 only.
+    flops = _cost_flops(compiled) if k == 1 else None
+    return {
+        "net": "digits_main", "config": str(config), "model_kind": cfg.model_kind,
+        "params": num_params(params), "batch": batch, "image_shape": list(image_shape),
+        "mode": cfg.train.parallel, "devices": runner.num_devices, "steps_per_call": k,
+        "dtype": cfg.model.get("dtype", "float32"), "remat": False,
+        "model_overrides": model_overrides or None,
+        "steps_per_rep": steps_per_rep, "reps": reps, "warmup": warmup,
+        "compile_s": compile_s, "first_call_s": first_call_s,
+        "step_s_median": step_s, "step_s_all": times, "images_per_s": batch / step_s,
+        "steps_per_s": 1.0 / step_s, "cores_busy": cores_busy,
+        "xla_flops_per_step": flops, "xla_memory": _memory(compiled),
+        "loss_finite": bool(np.all(np.isfinite(loss))),
     }
 
 

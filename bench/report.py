@@ -1,62 +1,160 @@
 """Turns the worker records of ``bench/run.py`` into ``results.json`` and ``results.md``.
 
-Plain Python: the orchestrator never imports JAX.
+Plain Python: the orchestrator never imports JAX or torch.
+
+Every ratio to the PyTorch + diffusers peer is computed from two numbers measured in the same
+run, alternating (ours, peer, ours, peer): our median over the rounds ÷ the peer's median over
+the rounds (of each round's median step time). There are no stored reference constants: when the
+peer was not measured (not installed, ``--peer off``, or its worker failed) each peer ratio is
+null in results.json, with the reason, and "unavailable (...)" in results.md.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 
-# PyTorch 2.13 + diffusers, same network and sizes, measured on this CPU (PLATFORM.md and the
-# benchmark issue).
-REFERENCE = {
-    "source": "PyTorch 2.13 + diffusers UNet2DModel on this 2-core CPU (oneDNN)",
-    "train_images_per_s": 89.5,
-    "sample_s_per_image": 4.84,
-    "elbo_s_per_image": 4.76,
-}
 # Within this relative margin a "never slower" comparison counts as a tie (timing noise).
 NOISE = 0.03
+# Targets against the peer measured in the same run (ratios ours ÷ peer, > 1 = we are faster).
+PEER_TARGETS = {"digits_train": 1.0, "train": 1.0, "sample": 1.2}
+PEER_FAILED = "unavailable (the peer's measurement failed in this run: see the failures)"
 
 
 def _ok(record):
-    return record.get("result") if "error" not in record else None
+    return record.get("result") if "error" not in record and "skipped" not in record else None
 
 
-def _train_row(record, flops_1dev, peak_gflops):
-    r = record["result"]
+def _side(record) -> str:
+    return record.get("side", "ours")
+
+
+def _by_name(records):
+    """Records grouped by name, in order of first appearance (one group = the rounds of one
+    configuration)."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["name"], []).append(r)
+    return list(groups.values())
+
+
+def _rounds(records) -> dict:
+    """Median over rounds of each round's median step time, and what follows from it."""
+    results = [r["result"] for r in records]
+    per_round = [res["step_s_median"] for res in results]
+    step = statistics.median(per_round)
+    batch = results[0]["batch"]
+    return {"rounds": len(results), "step_s_median": step, "step_s_rounds": per_round,
+            "images_per_s": batch / step, "steps_per_s": 1.0 / step,
+            "images_per_s_rounds": [batch / s for s in per_round],
+            "steps_per_s_rounds": [1.0 / s for s in per_round],
+            "step_s_all": [t for res in results for t in res["step_s_all"]],
+            "cores_busy": statistics.mean(res["cores_busy"] for res in results),
+            "peak_rss_mib": max(res["peak_rss_mib"] for res in results),
+            "worker_wall_s": sum(r["wall_s"] for r in records)}
+
+
+def _train_row(records, flops_1dev, peak_gflops):
+    """One row of our benchmark train step: the rounds of one configuration."""
+    r = records[0]["result"]
+    agg = _rounds(records)
     own = r.get("xla_flops_per_step")
     # Cost analysis of a multi-device executable counts one shard: use the 1-device count of the
     # same global batch for those (same network, same work).
     flops = own if r["devices"] == 1 and own else flops_1dev
-    achieved = flops / r["step_s_median"] / 1e9 if flops else None
+    achieved = flops / agg["step_s_median"] / 1e9 if flops else None
     return {
-        "name": record["name"], "net": r["net"], "params": r["params"],
+        "name": records[0]["name"], "net": r["net"], "params": r["params"],
         "image_shape": r["image_shape"], "mode": r["mode"], "devices": r["devices"],
-        "dtype": r["dtype"],
-        "remat": r["remat"], "xla_flags": r["xla_flags"], "batch": r["batch"],
-        "images_per_s": r["images_per_s"], "step_s_median": r["step_s_median"],
-        "step_s_all": r["step_s_all"], "cores_busy": r["cores_busy"], "compile_s": r["compile_s"],
-        "first_call_s": r["first_call_s"], "flops_per_step": flops,
-        "xla_flops_per_step_own": own, "achieved_gflops": achieved,
+        "dtype": r["dtype"], "remat": r["remat"], "xla_flags": r["xla_flags"],
+        "platform": r.get("platform"), "device_kind": r.get("device_kind"), "batch": r["batch"],
+        "alternated": bool(records[0].get("alternated", False)),
+        **agg,
+        "compile_s": statistics.median(x["result"]["compile_s"] for x in records),
+        "first_call_s": statistics.median(x["result"]["first_call_s"] for x in records),
+        "flops_per_step": flops, "xla_flops_per_step_own": own, "achieved_gflops": achieved,
         "fraction_of_matmul_peak": achieved / peak_gflops if achieved and peak_gflops else None,
-        "peak_rss_mib": r["peak_rss_mib"], "xla_memory": r["xla_memory"],
-        "loss_finite": r["loss_finite"], "worker_wall_s": record["wall_s"],
+        "xla_memory": r["xla_memory"],
+        "loss_finite": all(x["result"]["loss_finite"] for x in records),
     }
 
 
-def _target(name, measured, reference, ratio, target, unit, *, tie_ok=False):
+def _digits_row(records, peak_gflops):
+    """Our digits train step (the step of ``make train``) over its rounds."""
+    r = records[0]["result"]
+    agg = _rounds(records)
+    flops = r.get("xla_flops_per_step")
+    achieved = flops / agg["step_s_median"] / 1e9 if flops else None
+    return {
+        "name": records[0]["name"], "net": r["net"], "config": r["config"],
+        "params": r["params"], "batch": r["batch"], "image_shape": r["image_shape"],
+        "mode": r["mode"], "devices": r["devices"], "steps_per_call": r["steps_per_call"],
+        "model_overrides": r.get("model_overrides"), "xla_flags": r["xla_flags"],
+        "platform": r.get("platform"), "device_kind": r.get("device_kind"),
+        "steps_per_rep": r["steps_per_rep"], "reps": r["reps"], "warmup": r["warmup"],
+        **agg,
+        "compile_s": statistics.median(x["result"]["compile_s"] for x in records),
+        "first_call_s": statistics.median(x["result"]["first_call_s"] for x in records),
+        "flops_per_step": flops, "achieved_gflops": achieved,
+        "fraction_of_matmul_peak": achieved / peak_gflops if achieved and peak_gflops else None,
+        "xla_memory": r["xla_memory"],
+        "loss_finite": all(x["result"]["loss_finite"] for x in records),
+    }
+
+
+_VERSION_KEYS = ("torch_version", "diffusers_version", "mkldnn_available", "num_threads",
+                 "device", "device_name")
+
+
+def _peer_train_row(records):
+    r = records[0]["result"]
+    return {"name": records[0]["name"], "net": r["net"], "params": r["params"],
+            "batch": r["batch"], "image_shape": r["image_shape"],
+            "steps_per_rep": r["steps_per_rep"], "reps": r["reps"], "warmup": r["warmup"],
+            **_rounds(records),
+            "first_call_s": statistics.median(x["result"]["first_call_s"] for x in records),
+            "loss_finite": all(x["result"]["loss_finite"] for x in records),
+            "settings": r["settings"], **{k: r[k] for k in _VERSION_KEYS}}
+
+
+def _target(name, measured, reference, ratio, target, unit, *, tie_ok=False, against="own"):
     met = ratio >= target or (tie_ok and ratio >= target * (1 - NOISE))
     return {"name": name, "measured": measured, "reference": reference, "unit": unit,
-            "ratio": ratio, "target_ratio": target, "met": bool(met)}
+            "against": against, "ratio": ratio, "target_ratio": target, "met": bool(met),
+            "unavailable": None}
+
+
+def _peer_target(name, measured, peer_value, ratio_fn, target, unit, reason, rounds):
+    """A target against the peer measured in this run; unavailable (nulls + reason) without it."""
+    if peer_value is None:
+        return {"name": name, "measured": measured, "reference": None, "unit": unit,
+                "against": "peer", "ratio": None, "target_ratio": target, "met": None,
+                "unavailable": reason}
+    ratio = ratio_fn(measured, peer_value)
+    return {"name": name, "measured": measured, "reference": peer_value, "unit": unit,
+            "against": f"peer, measured in this run, alternating, {_n(rounds, 'round')}",
+            "ratio": ratio,
+            "target_ratio": target, "met": bool(ratio >= target), "unavailable": None}
+
+
+def _platform(records, meta) -> dict:
+    """Where the JAX workers ran: the platform, the device kind, whether CPU-only flags applied."""
+    results = [r["result"] for r in records if _ok(r) and _side(r) == "ours"]
+    first = results[0] if results else {}
+    name = first.get("platform") or meta.get("platform_detected")
+    return {"platform": name, "device_kind": first.get("device_kind"),
+            "detected_before_jax": meta.get("platform_detected"),
+            "cpu_only_xla_flags": name == "cpu"}
 
 
 def build_results(meta: dict, records: list[dict]) -> dict:
     """The results JSON: per-measurement sections, ratios against the targets, failures."""
     out = dict(meta)
-    out["reference"] = REFERENCE
     out["failures"] = [{"group": r["group"], "name": r.get("name", r["worker"]),
                         "error": r["error"]} for r in records if "error" in r]
+    out["skipped"] = [{"group": r["group"], "name": r.get("name", r["worker"]),
+                       "reason": r["skipped"]} for r in records if "skipped" in r]
+    out["platform"] = _platform(records, meta)
 
     peaks = [dict(_ok(r), name=r["name"]) for r in records if r["group"] == "peak" and _ok(r)]
     out["matmul_peak"] = peaks
@@ -65,49 +163,85 @@ def build_results(meta: dict, records: list[dict]) -> dict:
     out["conv3x3_gflops"] = max((p["conv3x3_gflops_median"] for p in peaks
                                  if p.get("conv3x3_gflops_median")), default=None)
 
-    train = [r for r in records if r["group"] == "train" and _ok(r)]
-    base = next((r for r in train if r["result"]["devices"] == 1), None)
-    flops_1dev = base["result"]["xla_flops_per_step"] if base else None
-    out["train"] = [_train_row(r, flops_1dev, peak_gflops) for r in train]
-    base_ips = base["result"]["images_per_s"] if base else None
+    def ok_records(group, side):
+        return [r for r in records if r["group"] == group and _side(r) == side and _ok(r)]
+
+    def failed(group, side):
+        return any(r["group"] == group and _side(r) == side and "error" in r for r in records)
+
+    train_groups = _by_name(ok_records("train", "ours"))
+    base = next((g for g in train_groups if g[0]["result"]["devices"] == 1), None)
+    flops_1dev = base[0]["result"]["xla_flops_per_step"] if base else None
+    out["train"] = [_train_row(g, flops_1dev, peak_gflops) for g in train_groups]
+    base_ips = out["train"][train_groups.index(base)]["images_per_s"] if base else None
     out["variants"] = []
     for r in records:
         if r["group"] == "variant" and _ok(r):
-            row = _train_row(r, flops_1dev, peak_gflops)
+            row = _train_row([r], flops_1dev, peak_gflops)
             row["vs_baseline"] = row["images_per_s"] / base_ips if base_ips else None
             out["variants"].append(row)
 
-    sample = next((_ok(r) for r in records if r["group"] == "sample" and _ok(r)), None)
-    if sample:
-        sample = dict(sample)
-    out["sampling"] = sample
+    digits = ok_records("digits", "ours")
+    out["digits"] = _digits_row(digits, peak_gflops) if digits else None
+
+    sample = next((_ok(r) for r in ok_records("sample", "ours")), None)
+    out["sampling"] = dict(sample) if sample else None
     out["elbo"] = {r["net"]: _ok(r) for r in records if r["group"] == "elbo" and _ok(r)}
 
+    # The peer, measured in this run (or why not).
+    status = dict(meta.get("peer_status") or {"status": "off", "measured": False,
+                                              "reason": "unavailable (not measured)"})
+    peer_train = ok_records("train", "peer")
+    peer_digits = ok_records("digits", "peer")
+    peer_sample = next((_ok(r) for r in ok_records("sample", "peer")), None)
+    versions = next((_ok(r) for r in records if _side(r) == "peer" and _ok(r)), None)
+    out["peer"] = {
+        **status,
+        "framework": "PyTorch + diffusers UNet2DModel (eager)",
+        "versions": {k: versions[k] for k in _VERSION_KEYS} if versions else None,
+        "digits": _peer_train_row(peer_digits) if peer_digits else None,
+        "train": _peer_train_row(peer_train) if peer_train else None,
+        "sampling": dict(peer_sample) if peer_sample else None,
+    }
+    rounds = status.get("rounds", 0)
+
+    def reason(group):
+        if not status.get("measured"):
+            return status["reason"]
+        return PEER_FAILED if failed(group, "peer") else "unavailable (the peer was not measured)"
+
+    for row in out["train"]:
+        p = out["peer"]["train"]
+        row["vs_peer"] = row["images_per_s"] / p["images_per_s"] if p else None
+
     targets = []
-    if out["train"]:
-        best = max(out["train"], key=lambda row: row["images_per_s"])
-        ips = best["images_per_s"]
-        targets.append(_target(f"train step images/s (best config: {best['name']})", ips,
-                               REFERENCE["train_images_per_s"],
-                               ips / REFERENCE["train_images_per_s"], 1.5, "images/s"))
-        if base_ips:
-            targets.append(_target("train step images/s (1 device)", base_ips,
-                                   REFERENCE["train_images_per_s"],
-                                   base_ips / REFERENCE["train_images_per_s"], 1.5, "images/s"))
+    d, pd = out["digits"], out["peer"]["digits"]
+    if d:
+        targets.append(_peer_target(
+            f"digits train steps/s (the step of `make train`, {d['config'].split('/')[-1]})",
+            d["steps_per_s"], pd["steps_per_s"] if pd else None, lambda ours, peer: ours / peer,
+            PEER_TARGETS["digits_train"], "steps/s", reason("digits"), rounds))
+    alternated = [row for row in out["train"] if row["alternated"]]
+    if alternated:
+        best = max(alternated, key=lambda row: row["images_per_s"])
+        pt = out["peer"]["train"]
+        targets.append(_peer_target(
+            f"benchmark U-Net train images/s (best config: {best['name']})",
+            best["images_per_s"], pt["images_per_s"] if pt else None,
+            lambda ours, peer: ours / peer, PEER_TARGETS["train"], "images/s", reason("train"),
+            rounds))
     if sample:
         s = sample["scan"]["s_per_image"]
-        targets.append(_target("1000-step sampling s/image (lax.scan), speed-up", s,
-                               REFERENCE["sample_s_per_image"],
-                               REFERENCE["sample_s_per_image"] / s, 2.0, "s/image"))
+        targets.append(_peer_target(
+            f"{sample['T']}-step ancestral sampling s/image (lax.scan), speed-up", s,
+            peer_sample["s_per_image"] if peer_sample else None, lambda ours, peer: peer / ours,
+            PEER_TARGETS["sample"], "s/image", reason("sample"), 1 if peer_sample else 0))
         targets.append(_target("scan sampler vs Python loop over the jitted step (loop/scan)",
                                s, sample["loop"]["s_per_image"], sample["loop_over_scan"], 1.0,
                                "s/image", tie_ok=True))
     big = out["elbo"].get("benchmark")
     if big:
         best = big["chunked"][str(big["best_chunk"])]["s_per_image"]
-        targets.append(_target(f"full T=1000 ELBO s/image (chunked vmap, chunk {big['best_chunk']})"
-                               ", speed-up", best, REFERENCE["elbo_s_per_image"],
-                               REFERENCE["elbo_s_per_image"] / best, 3.0, "s/image"))
         targets.append(_target("ELBO chunked vmap vs Python loop over t, benchmark U-Net "
                                "(loop/vmap)", best, big["loop"]["s_per_image"],
                                big["loop_over_best_chunked"], 2.0, "s/image"))
@@ -160,18 +294,25 @@ def _table(header, rows):
     return "\n".join(lines)
 
 
+def _n(count, noun) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _rounds_text(values, digits=2):
+    return ", ".join(_f(v, digits) for v in values)
+
+
 def arithmetic_bounds(out: dict) -> list[dict]:
-    """What each speed target on the U-Net asks of this CPU: the FLOP/s it needs (XLA's count of
-    the work ÷ the target time) against the float32 matmul peak measured in this run."""
+    """What each speed target asks of this machine: the FLOP/s it needs (XLA's count of the work
+    ÷ the target time) against the float32 matmul peak measured in this run. Targets against
+    the peer take the peer's time from this run; without the peer they are left out."""
     bounds = []
     peak_gflops = out.get("matmul_peak_gflops")
-    one_device = next((r for r in out["train"] if r["devices"] == 1), None)
-    train_flops = one_device["flops_per_step"] if one_device else None
     if not peak_gflops:
         return bounds
 
     def row(name, flops, target_s, reference_s, ours_s, unit_per):
-        """reference_s None: a target set against our own baseline, not the reference."""
+        """reference_s None: a target set against our own baseline, not the peer."""
         need = flops / target_s / 1e9
         return {"name": name, "gflop": flops / 1e9, "unit": unit_per,
                 "target_s": target_s, "required_gflops": need,
@@ -180,27 +321,32 @@ def arithmetic_bounds(out: dict) -> list[dict]:
                 "best_s_at_peak": flops / (peak_gflops * 1e9),
                 "required_over_peak": need / peak_gflops}
 
-    best_train = max(out["train"], key=lambda r: r["images_per_s"]) if out["train"] else None
-    if train_flops and best_train:
-        batch = best_train["batch"]
-        target_ips = 1.5 * REFERENCE["train_images_per_s"]
-        bounds.append(row(f"train step (batch {batch})", train_flops, batch / target_ips,
-                          batch / REFERENCE["train_images_per_s"], best_train["step_s_median"],
-                          "step"))
-    s = out["sampling"]
-    if s and s.get("xla_flops_per_step"):
+    peer = out.get("peer") or {}
+    d, pd = out.get("digits"), peer.get("digits")
+    if d and pd and d.get("flops_per_step"):
+        bounds.append(row(f"digits train step (batch {d['batch']})", d["flops_per_step"],
+                          pd["step_s_median"] / PEER_TARGETS["digits_train"],
+                          pd["step_s_median"], d["step_s_median"], "step"))
+    one_device = next((r for r in out["train"] if r["devices"] == 1), None)
+    train_flops = one_device["flops_per_step"] if one_device else None
+    alternated = [r for r in out["train"] if r.get("alternated")]
+    best_train = max(alternated, key=lambda r: r["images_per_s"]) if alternated else None
+    pt = peer.get("train")
+    if train_flops and best_train and pt:
+        bounds.append(row(f"benchmark train step (batch {best_train['batch']})", train_flops,
+                          pt["step_s_median"] / PEER_TARGETS["train"], pt["step_s_median"],
+                          best_train["step_s_median"], "step"))
+    s, ps = out.get("sampling"), peer.get("sampling")
+    if s and ps and s.get("xla_flops_per_step"):
         per_image = s["xla_flops_per_step"] * s["T"] / s["batch"]
         bounds.append(row(f"{s['T']}-step sampling (batch {s['batch']})", per_image,
-                          REFERENCE["sample_s_per_image"] / 2.0, REFERENCE["sample_s_per_image"],
+                          ps["s_per_image"] / PEER_TARGETS["sample"], ps["s_per_image"],
                           s["scan"]["s_per_image"], "image"))
     big = out["elbo"].get("benchmark")
     if big and big.get("term_xla_flops"):
         # T − 1 denoising terms, each one network call on the batch, plus the decoder term.
         per_image = big["term_xla_flops"] * big["T"] / big["batch"]
         ours = big["chunked"][str(big["best_chunk"])]["s_per_image"]
-        bounds.append(row(f"full T = {big['T']} ELBO (batch {big['batch']})", per_image,
-                          REFERENCE["elbo_s_per_image"] / 3.0, REFERENCE["elbo_s_per_image"],
-                          ours, "image"))
         # Our own baseline: the vmapped bound ≥ 2× the Python loop over t of the same term.
         loop = big["loop"]["s_per_image"]
         bounds.append(row(f"full T = {big['T']} ELBO at 2× our Python loop", per_image,
@@ -208,32 +354,68 @@ def arithmetic_bounds(out: dict) -> list[dict]:
     return bounds
 
 
+def _against(t) -> str:
+    if t["unavailable"]:
+        return "peer (torch)"
+    if t["against"] == "own":
+        return "our baseline"
+    return "torch, this run"
+
+
 def targets_table(res: dict) -> str:
-    """The markdown table of every target: ours, the reference, the ratio, met or not."""
-    rows = [[t["name"], f"{_f(t['measured'], 3)} {t['unit']}", f"{_f(t['reference'], 3)}",
-             f"{t['ratio']:.2f}×", f"≥ {t['target_ratio']}×", "**yes**" if t["met"] else "no"]
-            for t in res["targets"]]
-    return _table(["measurement", "ours", "reference", "ratio", "target", "met"], rows)
+    """The markdown table of every target: ours, what it is compared with, the ratio, met."""
+    rows = []
+    for t in res["targets"]:
+        if t["unavailable"]:
+            rows.append([t["name"], f"{_f(t['measured'], 3)} {t['unit']}", _against(t), "–",
+                         t["unavailable"], f"≥ {t['target_ratio']}×", "–"])
+            continue
+        rows.append([t["name"], f"{_f(t['measured'], 3)} {t['unit']}", _against(t),
+                     f"{_f(t['reference'], 3)}", f"{t['ratio']:.2f}×", f"≥ {t['target_ratio']}×",
+                     "**yes**" if t["met"] else "no"])
+    return _table(["measurement", "ours", "compared with", "its value", "ratio", "target", "met"],
+                  rows)
+
+
+def _peer_line(res: dict) -> str:
+    peer = res["peer"]
+    if not peer.get("measured"):
+        return f"PyTorch peer: {peer['reason']}."
+    v = peer.get("versions") or {}
+    return (f"Peer: PyTorch {v.get('torch_version')} + diffusers {v.get('diffusers_version')} "
+            f"`UNet2DModel`s of the same networks (eager, device {v.get('device_name')}, "
+            f"{v.get('num_threads')} threads, oneDNN {'on' if v.get('mkldnn_available') else 'off'}"
+            f"), measured in this run, alternating with ours, {_n(peer.get('rounds'), 'round')} "
+            "(sampling: 1 each).")
 
 
 def markdown(res: dict) -> str:
     m = res["machine"]
     quick = res["mode"] == "quick"
+    plat = res.get("platform") or {}
+    on_cpu = plat.get("platform", "cpu") == "cpu"
     parts = [
         "# diffusion_jax benchmark" + (" (QUICK smoke sizes: numbers are not comparable)" if quick
                                        else ""),
         "",
-        f"Generated by `make bench` (`bench/run.py`{' --quick' if quick else ''}) on "
+        f"Generated by `make bench` (`bench/run.py`{' --quick' if quick else ''}"
+        f"{' --peer off' if res.get('peer_choice') == 'off' else ''}) on "
         f"{res['started_utc']}: {m['cpu_count']} CPU cores ({m['cpu_model'] or 'unknown CPU'}), "
         f"jax {m['versions'].get('jax')}, flax {m['versions'].get('flax')}, "
         f"optax {m['versions'].get('optax')}, Python {m['python']}.",
-        f"Total runtime **{res['total_runtime_s']:.0f} s**. Load average (1/5/15 min) at the "
+        f"Platform: **{plat.get('platform')}** (device {plat.get('device_kind')})"
+        + (". " if on_cpu else "; the CPU-only XLA flags were not set and the measurements that "
+           "need them (forced host devices, YNN-flag variants) were skipped. ")
+        + f"Total runtime **{res['total_runtime_s']:.0f} s**. Load average (1/5/15 min) at the "
         f"start {' / '.join(f'{x:.2f}' for x in res['loadavg_start'])}, at the end "
         f"{' / '.join(f'{x:.2f}' for x in res['loadavg_end'])} (the bench itself keeps ~2 cores busy; "
         "a 1-minute load above ~1 at the start means another process was competing).",
-        f"Every worker runs with `XLA_FLAGS={res['base_xla_flags']}` (plus the forced host device "
-        "count where more than 1 device) unless the table says otherwise. Times are wall-clock "
-        "medians; compile time (trace + lower + compile) is reported apart and excluded.",
+        (f"Every JAX worker runs with `XLA_FLAGS={res['base_xla_flags']}` (plus the forced host "
+         "device count where more than 1 device) unless the table says otherwise. " if on_cpu
+         else "")
+        + "Times are wall-clock medians; compile time (trace + lower + compile) is reported apart "
+        "and excluded.",
+        _peer_line(res),
         "",
     ]
     # The bench's own workers keep both cores busy, so only the load at the start says whether
@@ -246,76 +428,130 @@ def markdown(res: dict) -> str:
     if res["failures"]:
         parts += ["**Failed measurements:** " + "; ".join(
             f"{f['group']} {f['name']}" for f in res["failures"]) + " (see results.json).", ""]
+    if res.get("skipped"):
+        parts += ["Skipped: " + "; ".join(f"{s['group']} {s['name']} ({s['reason']})"
+                                          for s in res["skipped"]) + ".", ""]
 
-    ref = res["reference"]
-    parts += [f"## Against the targets (reference: {ref['source']})", ""]
+    peer = res["peer"]
+    heading = (f"measured in this run, alternating, {_n(peer.get('rounds'), 'round')}" if
+               peer.get("measured") else peer["reason"])
+    parts += [f"## Against the targets (peer: PyTorch + diffusers, {heading})", ""]
     parts += [targets_table(res), "",
-              "Ratios: images/s ours ÷ reference for training; reference ÷ ours (a speed-up) for "
-              "s/image; for our own baselines the Python loop's time ÷ the compiled version's.",
+              "Ratios against the peer: our median over the rounds ÷ the peer's median over the "
+              "rounds, both measured in this run (steps/s and images/s: ours ÷ torch; s/image: "
+              "torch ÷ ours, a speed-up); for our own baselines the Python loop's time ÷ the "
+              "compiled version's."
+              + ("" if peer.get("measured") else
+                 f" Without the peer each peer ratio is {peer['reason']}; to measure it: "
+                 f"`{peer.get('install', 'pip install -e .[bench-peer]')}`, then `make bench`."),
               ""]
 
     peak = res["matmul_peak_gflops"]
     if res.get("bounds"):
         conv = res.get("conv3x3_gflops")
-        parts += ["## What the targets ask of this CPU", "",
+        parts += ["## What the targets ask of this machine", "",
                   "Each target is a time for a fixed amount of arithmetic: XLA's cost analysis "
-                  "counts the FLOPs of the work (the same network as the reference, same "
-                  "sizes, every timestep), so the target time fixes the FLOP/s it needs. This "
-                  f"run measured a float32 matmul peak of **{_f(peak, 0)} GFLOP/s** (an "
-                  f"n = {res['matmul_peak'][0]['n']} square `jnp.dot` on both cores)"
+                  "counts the FLOPs of the work (the same network as the peer, same sizes, every "
+                  "timestep), so the target time (from the peer's time in this run) fixes the "
+                  "FLOP/s it needs. This run measured a float32 matmul peak of "
+                  f"**{_f(peak, 0)} GFLOP/s** (an n = {res['matmul_peak'][0]['n']} square "
+                  "`jnp.dot`)"
                   + (f" and {_f(conv, 0)} GFLOP/s for a single 3×3 convolution (64 → 64 "
-                     "channels, 28×28, batch 64)" if conv else "") + ".", ""]
+                     "channels, 28×28, batch 64)" if conv else "") + "."
+                  + ("" if peer.get("measured") else
+                     " Rows for targets against the peer are left out: the peer is "
+                     + peer["reason"] + "."), ""]
         rows = [[b["name"], f"{b['gflop']:,.1f} per {b['unit']}",
                  f"{b['target_s']:.3f} s", f"**{b['required_gflops']:.0f}**",
                  f"{100 * b['required_over_peak']:.0f} %", _f(b["reference_gflops"], 0),
                  _f(b["ours_gflops"], 0), f"{b['best_s_at_peak']:.3f} s"]
                 for b in res["bounds"]]
         parts += [_table(["work", "XLA FLOPs", "target time", "GFLOP/s needed",
-                          "of measured peak", "reference achieves", "ours achieves",
+                          "of measured peak", "peer achieves", "ours achieves",
                           "time at 100 % of peak"], rows), ""]
         over = [b for b in res["bounds"] if b["required_over_peak"] >= 0.98]
         if over:
             parts += ["**" + ", ".join(b["name"] for b in over) + ": the target needs all of "
-                      "this CPU's measured float32 matmul peak or more** (a network step is not "
-                      "one large matmul: it also has normalisation, activations and layout "
-                      "work), so no float32 implementation of the reference's arithmetic (direct "
-                      "convolutions, every timestep) can meet it here; the reference itself runs at "
-                      + ", ".join(f"{100 * b['reference_gflops'] / peak:.0f} %" for b in over
-                                  if b["reference_gflops"])
-                      + " of that peak. Only doing less arithmetic (e.g. Winograd convolutions) "
-                      "or cheaper arithmetic (bf16 dot products, which this CPU has) could; "
-                      "XLA's CPU convolutions gain nothing from bf16 (see the variants).", ""]
+                      "this machine's measured float32 matmul peak or more** (a network step is "
+                      "not one large matmul: it also has normalisation, activations and layout "
+                      "work), so no float32 implementation of the same arithmetic can meet it "
+                      "here" + ("; the peer itself runs at " + ", ".join(
+                          f"{100 * b['reference_gflops'] / peak:.0f} %" for b in over
+                          if b["reference_gflops"]) + " of that peak"
+                          if any(b["reference_gflops"] for b in over) else "") + ".", ""]
+
+    d, pd = res.get("digits"), peer.get("digits")
+    if d:
+        how = (f"{_n(d['reps'], 'repetition')} of {_n(d['steps_per_rep'], 'step')} after "
+               f"{_n(d['warmup'], 'warm-up step')}, each repetition timed as a whole (steps "
+               "dispatched back to back, as the trainer runs them)")
+        parts += ["## Digits train step (the step of `make train`)", "",
+                  f"`{d['config']}`: the U-Net ({d['params']:,} params, "
+                  f"{'×'.join(map(str, d['image_shape']))}), batch {d['batch']}, built as the "
+                  "trainer builds it (`kinds.get(...).build`, `make_loss`, `make_optimizer`, "
+                  f"`make_train_step`, `ParallelStep` mode {d['mode']}, "
+                  f"{_n(d['steps_per_call'], 'step')} per call) on the real digits batches; {how}."
+                  + (f" Model overrides (smoke test only): {d['model_overrides']}."
+                     if d.get("model_overrides") else ""), ""]
+        rows = [["ours (JAX)", _f(d["steps_per_s"], 2), _rounds_text(d["steps_per_s_rounds"]),
+                 _f(d["step_s_median"], 4), _f(d["cores_busy"], 2), _f(d["compile_s"], 1),
+                 _f(d["peak_rss_mib"], 0)]]
+        if pd:
+            rows.append([f"torch {pd['torch_version']} + diffusers", _f(pd["steps_per_s"], 2),
+                         _rounds_text(pd["steps_per_s_rounds"]), _f(pd["step_s_median"], 4),
+                         _f(pd["cores_busy"], 2), "– (eager)", _f(pd["peak_rss_mib"], 0)])
+        parts += [_table(["side", "steps/s (median over rounds)", "steps/s per round",
+                          "step s", "cores busy", "compile s", "peak RSS MiB"], rows), ""]
+        if pd:
+            parts += [f"Ours ÷ torch: **{d['steps_per_s'] / pd['steps_per_s']:.2f}×** "
+                      f"(torch: batch {pd['batch']}, AdamW lr {pd['settings']['lr']}, "
+                      f"{pd['settings']['decay']} schedule with {pd['settings']['warmup_steps']} "
+                      f"warm-up steps, clipping {pd['settings']['grad_clip']}, EMA "
+                      f"{pd['settings']['ema_decay']}).", ""]
+        else:
+            parts += [f"Torch: {peer['reason']}.", ""]
 
     first = res["train"][0] if res["train"] else {}
-    parts += ["## Train step", "",
+    pt = peer.get("train")
+    parts += ["## Benchmark train step", "",
               f"Network {first.get('net', '–')} ({first.get('params', 0):,} params, "
               f"{'×'.join(map(str, first.get('image_shape', [])))}), batch "
               f"{first.get('batch', '–')}, AdamW "
               "lr 2e-4, L_simple, linear schedule T = 1000: `make_ddpm_loss` + `make_optimizer` + "
               "`make_train_step` run by `ParallelStep` (jit with the state donated; pmap for "
               "mode pmap); each step includes putting the host batch on the device(s). "
+              "Rows measured in rounds alternate with the peer; their numbers are the median over "
+              "the rounds of each round's median step time. "
               f"Achieved FLOP/s = XLA cost-analysis FLOPs of the step ÷ median step time; the "
               f"float32 matmul peak measured in the same run is {_f(peak, 0)} GFLOP/s.", ""]
-    rows = [[r["name"], _f(r["images_per_s"], 1), _f(r["step_s_median"], 3),
-             len(r["step_s_all"]), _f(r["cores_busy"], 2), _f(r["compile_s"], 1),
-             _f(r["achieved_gflops"], 1),
+    rows = [[r["name"], _f(r["images_per_s"], 1), _rounds_text(r["images_per_s_rounds"], 1),
+             f"{r['vs_peer']:.2f}×" if r.get("vs_peer") else "–",
+             _f(r["step_s_median"], 3), len(r["step_s_all"]), _f(r["cores_busy"], 2),
+             _f(r["compile_s"], 1), _f(r["achieved_gflops"], 1),
              f"{100 * r['fraction_of_matmul_peak']:.0f} %" if r["fraction_of_matmul_peak"] else "–",
              _f(r["peak_rss_mib"], 0), _mib(r["xla_memory"])] for r in res["train"]]
-    parts += [_table(["config", "images/s", "step s (median)", "steps timed", "cores busy",
-                      "compile s", "GFLOP/s", "of peak", "peak RSS MiB", "XLA temp MiB"], rows),
+    if pt:
+        rows.append([f"torch {pt['torch_version']} + diffusers (peer)", _f(pt["images_per_s"], 1),
+                     _rounds_text(pt["images_per_s_rounds"], 1), "1.00×",
+                     _f(pt["step_s_median"], 3), len(pt["step_s_all"]), _f(pt["cores_busy"], 2),
+                     "– (eager)", "–", "–", _f(pt["peak_rss_mib"], 0), "–"])
+    parts += [_table(["config", "images/s", "per round", "÷ torch (this run)", "step s (median)",
+                      "steps timed", "cores busy", "compile s", "GFLOP/s", "of peak",
+                      "peak RSS MiB", "XLA temp MiB"], rows),
               "", "Cores busy = the worker's CPU seconds ÷ wall seconds over the timed steps (2 "
               "is both cores; well below 1.3 on one device, or numbers far from the last run, "
               "suggest that other processes were competing).", ""]
+    if not pt:
+        parts += [f"Torch: {peer['reason']}.", ""]
     if res["train"] and res["train"][0]["flops_per_step"]:
         parts += [f"XLA counts {res['train'][0]['flops_per_step'] / 1e9:.1f} GFLOP per step "
                   "(1-device executable; multi-device rows use the same count).", ""]
-    parts += ["Notes: the N-device rows force N XLA host devices onto this 2-core CPU; with 8 "
-              "devices each core runs 4 device programs, so the 8-device rows measure overhead, "
-              "not a speed-up. Peak RSS is `getrusage(RUSAGE_SELF).ru_maxrss` of the worker "
+    parts += ["Notes: the N-device rows force N XLA host devices onto this CPU (CPU only; "
+              "skipped on a GPU). Peak RSS is `getrusage(RUSAGE_SELF).ru_maxrss` of the worker "
               "process (includes the Python/JAX runtime and compilation); XLA temp is "
               "`compiled.memory_analysis().temp_size_in_bytes` of one device's executable.", ""]
 
-    s = res["sampling"]
+    s, ps = res["sampling"], peer.get("sampling")
     if s:
         how = (f"timed on the first {s['steps_timed']} of the {s['T']} steps and **extrapolated "
                f"linearly ×{s['scale']:.0f}** (every step is one network call of the same size)"
@@ -325,14 +561,21 @@ def markdown(res: dict) -> str:
                   "`lax.scan`: `ddpm_denoise`/`ddpm_sample` (one compiled scan over "
                   "`make_ddpm_step`); Python loop: the same jitted step called once per t "
                   f"(`ddpm_sample_loop`'s loop). Both give the same samples (max |Δ| "
-                  f"{s['max_abs_diff_scan_vs_loop']:.1e}).", ""]
+                  f"{s['max_abs_diff_scan_vs_loop']:.1e}). Torch: the same ancestral step on the "
+                  "diffusers twin under `torch.inference_mode()`, timed the same way, right "
+                  "after ours.", ""]
         rows = [[name, _f(s[k]["s_per_run"], 1), _f(s[k]["s_per_image"], 3),
                  _f(s[k]["compile_s"], 1), ", ".join(f"{x:.2f}" for x in s[k]["times_s"]),
                  _mib(s[k]["xla_memory"])]
                 for name, k in (("lax.scan", "scan"), ("Python loop", "loop"))]
+        if ps:
+            rows.append([f"torch {ps['torch_version']} + diffusers (peer)", _f(ps["s_per_run"], 1),
+                         _f(ps["s_per_image"], 3), "– (eager)",
+                         ", ".join(f"{x:.2f}" for x in ps["times_s"]), "–"])
         parts += [_table(["sampler", f"s per {s['T']} steps", "s/image", "compile s",
                           f"timed runs of {s['steps_timed']} steps (s)", "XLA temp MiB"], rows),
-                  "", f"Peak RSS of the sampling worker: {_f(s['peak_rss_mib'], 0)} MiB.", ""]
+                  "", f"Peak RSS of the sampling worker: {_f(s['peak_rss_mib'], 0)} MiB."
+                  + ("" if ps else f" Torch: {peer['reason']}."), ""]
 
     if res["elbo"]:
         parts += ["## Full ELBO (T = 1000)", "",

@@ -6,6 +6,8 @@ Usage (from the repository root):
     .venv/bin/python bench/run.py --quick         # tiny sizes, < 1 min -> bench/results_quick.*
     .venv/bin/python bench/run.py --skip-variants # without the "what moves the number" section
     .venv/bin/python bench/run.py --worker train --devices 2 --mode sharding   # one measurement
+    .venv/bin/python bench/run.py --worker torch_train --net digits             # one peer measurement
+    .venv/bin/python bench/run.py --peer off      # without the PyTorch peer (ratios "unavailable")
 
 Every measurement runs in its own worker subprocess (this same script with ``--worker``) because
 XLA flags, including the forced host device count, are read once when JAX starts. A worker sets
@@ -13,15 +15,32 @@ XLA flags, including the forced host device count, are read once when JAX starts
 reproducible), prints one ``BENCH_RESULT {json}`` line per measurement and exits. In the full
 bench each measurement has its own process, so its peak RSS is its own; ``--quick`` shares one
 process between measurements whose flags differ only in the device count.
+
+The peer (``--peer auto``, the default, when torch and diffusers are installed: ``pip install -e
+'.[bench-peer]'``): PyTorch + diffusers ``UNet2DModel``s of the same networks (``peer_torch.py``),
+measured in the same run in their own worker processes (``--worker torch_train``/``torch_sample``;
+they import torch, never jax), alternating with ours: the digits train step ours, torch, ours,
+torch; the benchmark train step (1 device, 2-device sharding) and torch likewise; sampling ours
+then torch. Every ratio to the peer is ours ÷ the peer's median over the rounds of this run.
+Without the peer (not installed, or ``--peer off``) those ratios are reported as unavailable and
+the bench still succeeds. This orchestrator imports neither jax nor torch.
+
+Platform: a worker decides before JAX starts whether it runs on a GPU (``detect_platform``:
+``JAX_PLATFORMS``, else an installed jax CUDA plugin and an NVIDIA GPU listed by ``nvidia-smi``);
+the CPU-only XLA flags (the YNN flag, the forced host device count, ``--xla_cpu_*``) are set only
+on CPU, and on a GPU the measurements that need them are skipped with the reason stated.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -41,34 +60,66 @@ QUICK_FLAG = "--xla_backend_optimization_level=0"
 
 BENCH_SHAPE = (28, 28, 1)
 DIGITS_SHAPE = (8, 8, 1)
+DIGITS_CONFIG = "experiments/configs/ddpm_digits.py"  # what `make train` runs
+
+PEER_INSTALL = "pip install -e '.[bench-peer]'"
+PEER_MISSING = f"unavailable (install the peer: `{PEER_INSTALL}`)"
+PEER_OFF = "unavailable (not measured: --peer off)"
+PEER_FAILED = "unavailable (the peer's measurement failed in this run: see the failures)"
+GPU_SKIP_DEVICES = ("skipped on {platform}: forcing N host devices "
+                    "(--xla_force_host_platform_device_count) is a CPU-only setting")
+GPU_SKIP_FLAGS = "skipped on {platform}: a CPU-only XLA flag variant"
 
 SIZES = {
     "full": {
+        # Rounds of the alternating comparisons with the peer (ours, peer, ours, peer).
+        "rounds": 2,
+        # The digits train step of `make train` (built from DIGITS_CONFIG), ~0.1 s per step:
+        # 3 repetitions of 60 steps after 10 warm-up steps.
+        "digits": dict(config=DIGITS_CONFIG, steps=60, reps=3, warmup=10),
         "train": dict(net="benchmark", image_shape=BENCH_SHAPE, batch=64, steps=5, warmup=1),
         "sample": dict(net="benchmark", image_shape=BENCH_SHAPE, batch=16, T=1000, steps=100,
                        reps=3),
+        # The peer, timed as our side of each comparison.
+        "peer_train": {
+            "digits": dict(net="digits", batch=64, steps=60, reps=3, warmup=10),
+            "benchmark": dict(net="benchmark", batch=64, steps=1, reps=5, warmup=1),
+        },
+        "peer_sample": dict(net="benchmark", batch=16, T=1000, steps=100, reps=3),
         "elbo": {
+            # Chunk 25 only (chunk 50 was never faster; dropped for the time budget).
             "benchmark": dict(net="benchmark", image_shape=BENCH_SHAPE, batch=16, T=1000,
-                              T_timed=101, chunks=(25, 50), reps=2, loop_reps=2),
-            # The small-network target: digits as flat 64-vectors (an MLP's natural layout) ...
+                              T_timed=101, chunks=(25,), reps=2, loop_reps=2),
+            # The small-network target: digits as flat 64-vectors (an MLP's natural layout).
             "mlp": dict(net="mlp", image_shape=(64,), batch=16, T=1000, T_timed=1000,
                         chunks=(250, 1000), reps=9, loop_reps=5, floor_parts=True),
             "mlp32": dict(net="mlp32", image_shape=(64,), batch=16, T=1000, T_timed=1000,
                           chunks=(250, 1000), reps=9, loop_reps=5, floor_parts=True),
-            # ... and the same network on 8×8×1 images: XLA CPU elementwise ops are far slower
-            # on arrays whose minor dimension is 1.
-            "mlp_8x8x1": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=16, T=1000, T_timed=1000,
-                              chunks=(1000,), reps=3, loop_reps=3),
             "digits": dict(net="digits", image_shape=DIGITS_SHAPE, batch=16, T=1000,
                            T_timed=201, chunks=(50,), reps=1, loop_reps=1),
         },
         "peak": dict(n=2048, reps=10),
-        "train_configs": [("none", 1), ("sharding", 2), ("pmap", 2), ("sharding", 8)],
+        # Benchmark train-step configurations measured in every round, alternating with the
+        # peer; then those measured once, and those measured once only with --all-variants
+        # (left out of `make bench` for its time budget: see README).
+        "train_configs": [("none", 1), ("sharding", 2)],
+        "train_configs_once": [],
+        "train_configs_extra": [("pmap", 2), ("sharding", 8)],
     },
-    # The smoke test: every code path, the small MLP instead of the U-Net (fast compiles).
+    # The smoke test: every code path, the small MLP instead of the U-Net (fast compiles), a
+    # tiny U-Net in the digits config, the peer (when on) on the digits network.
     "quick": {
+        "rounds": 1,  # one round keeps the smoke test short (aggregation: tests/test_bench_smoke.py)
+        "digits": dict(config=DIGITS_CONFIG, steps=2, reps=1, warmup=1,
+                       model_overrides=dict(ch=8, ch_mult=(1,), num_groups=2,
+                                            mid_attention=False)),
         "train": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=8, steps=2, warmup=1),
         "sample": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=2, T=1000, steps=4, reps=2),
+        "peer_train": {
+            "digits": dict(net="digits", batch=8, steps=2, reps=1, warmup=1),
+            "benchmark": dict(net="digits", batch=8, steps=1, reps=2, warmup=0),
+        },
+        "peer_sample": dict(net="digits", batch=2, T=1000, steps=4, reps=2),
         "elbo": {
             "benchmark": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=2, T=1000, T_timed=9,
                               chunks=(8,), reps=1, loop_reps=1),
@@ -76,7 +127,9 @@ SIZES = {
                         chunks=(25, 49), reps=2, loop_reps=2, floor_parts=True),
         },
         "peak": dict(n=256, reps=3),
-        "train_configs": [("none", 1), ("sharding", 2), ("pmap", 2)],
+        "train_configs": [("none", 1), ("sharding", 2)],
+        "train_configs_once": [("pmap", 2)],
+        "train_configs_extra": [],
     },
 }
 
@@ -85,7 +138,8 @@ SIZES = {
 VARIANTS = {
     "full": [
         dict(name="no YNN flag (jaxlib default)", ynn=False),
-        dict(name="no YNN flag, 2 devices, sharding", ynn=False, devices=2, mode="sharding"),
+        dict(name="no YNN flag, 2 devices, sharding", ynn=False, devices=2, mode="sharding",
+             optional=True),
         dict(name="bf16 compute (UNet dtype=bfloat16)", dtype="bfloat16"),
         dict(name="remat ResBlocks (jax.checkpoint)", remat=True),
         dict(name="opt preset FAST_RUNTIME", optional=True,
@@ -97,33 +151,115 @@ VARIANTS = {
 }
 
 
+# --------------------------------------------------------------------------- platform
+
+
+def _nvidia_gpu_listed() -> bool:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return False
+    try:
+        proc = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0 and "GPU" in proc.stdout
+
+
+def detect_platform() -> str:
+    """The platform JAX will start on, decided without importing jax: "cpu", "gpu" or another
+    accelerator's name. ``JAX_PLATFORMS`` (its first entry) decides when set; otherwise "gpu"
+    when a jax CUDA plugin is installed and ``nvidia-smi -L`` lists a GPU, else "cpu"."""
+    requested = os.environ.get("JAX_PLATFORMS", "").split(",")[0].strip().lower()
+    if requested:
+        return "gpu" if requested in ("cuda", "gpu", "rocm") else requested
+    plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin")
+    if any(importlib.util.find_spec(name) for name in plugins) and _nvidia_gpu_listed():
+        return "gpu"
+    return "cpu"
+
+
+def peer_installed() -> bool:
+    """Whether torch and diffusers can be imported (checked without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "diffusers"))
+
+
+def cpu_only_skip(job: dict, platform_name: str) -> str | None:
+    """Why ``job`` cannot run on a non-CPU platform (it needs a CPU-only XLA setting), or None."""
+    if platform_name == "cpu" or job["worker"].startswith("torch"):
+        return None
+    if job.get("devices", 1) > 1:
+        return GPU_SKIP_DEVICES.format(platform=platform_name)
+    if not job.get("ynn", True) or "xla_cpu" in job.get("extra", ""):
+        return GPU_SKIP_FLAGS.format(platform=platform_name)
+    return None
+
+
 # --------------------------------------------------------------------------- worker side
 
 
-def xla_flags(job: dict, quick: bool) -> str:
-    """The XLA_FLAGS a job runs under: the YNN flag, the forced device count, extra flags."""
+def xla_flags(job: dict, quick: bool, platform_name: str = "cpu") -> str:
+    """The XLA_FLAGS a job runs under. On CPU: the YNN flag, the quick flag, the forced device
+    count, extra flags; elsewhere only the job's extra flags that are not CPU-only."""
+    extra = job.get("extra", "").split()
+    if platform_name != "cpu":
+        return " ".join(f for f in extra if not f.startswith("--xla_cpu"))
     flags = [YNN_FLAG] if job.get("ynn", True) else []
     if quick:
         flags.append(QUICK_FLAG)
     if job.get("devices", 1) > 1:
         flags.append(f"--xla_force_host_platform_device_count={job['devices']}")
-    flags += job.get("extra", "").split()
-    return " ".join(flags)
+    return " ".join(flags + extra)
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _emit(out: dict, job: dict, index: int, jobs: list[dict], start: float) -> None:
+    out.update(task=job["worker"], index=index, peak_rss_mib=_peak_rss_mib(),
+               rss_shared_with_other_jobs=len(jobs) > 1,
+               worker_wall_s=time.perf_counter() - start)
+    print(RESULT_PREFIX + json.dumps(out), flush=True)
+
+
+def run_torch_worker(jobs: list[dict], quick: bool) -> None:
+    """Runs peer ``jobs`` in this process (torch and diffusers; jax is never imported)."""
+    import peer_torch
+
+    sizes = SIZES["quick" if quick else "full"]
+    for index, job in enumerate(jobs):
+        start = time.perf_counter()
+        if job["worker"] == "torch_train":
+            out = peer_torch.train_task_torch(**sizes["peer_train"][job.get("net", "benchmark")])
+        elif job["worker"] == "torch_sample":
+            out = peer_torch.sample_task_torch(**sizes["peer_sample"])
+        else:
+            raise ValueError(f"unknown torch worker task {job['worker']!r}")
+        _emit(out, job, index, jobs, start)
 
 
 def run_worker(jobs: list[dict], quick: bool) -> None:
-    """Runs ``jobs`` (which share their XLA flags) in this process, one JSON line each."""
-    flags = xla_flags(max(jobs, key=lambda j: j.get("devices", 1)), quick)
+    """Runs ``jobs`` (which share their XLA flags, or are all peer jobs) in this process, one
+    JSON line each."""
+    if all(job["worker"].startswith("torch") for job in jobs):
+        run_torch_worker(jobs, quick)
+        return
+    platform_name = detect_platform()
+    flags = xla_flags(max(jobs, key=lambda j: j.get("devices", 1)), quick, platform_name)
     os.environ["XLA_FLAGS"] = flags  # before the first JAX import, or it is ignored
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import jax
     import measure
 
     sizes = SIZES["quick" if quick else "full"]
+    device = jax.devices()[0]
     for index, job in enumerate(jobs):
         start = time.perf_counter()
         task = job["worker"]
-        if task == "train":
+        if task == "train" and job.get("net") == "digits_main":
+            out = measure.train_main_task(**sizes["digits"])
+        elif task == "train":
             out = measure.train_task(**sizes["train"], devices=job.get("devices", 1),
                                      mode=job.get("mode", "none"),
                                      dtype=job.get("dtype", "float32"),
@@ -136,42 +272,79 @@ def run_worker(jobs: list[dict], quick: bool) -> None:
             out = measure.peak_task(**sizes["peak"])
         else:
             raise ValueError(f"unknown worker task {task!r}")
-        out.update(task=task, index=index, xla_flags=flags, jax_devices=jax.device_count(),
-                   peak_rss_mib=measure.peak_rss_mib(), rss_shared_with_other_jobs=len(jobs) > 1,
-                   worker_wall_s=time.perf_counter() - start)
-        print(RESULT_PREFIX + json.dumps(out), flush=True)
+        out.update(xla_flags=flags, jax_devices=jax.device_count(), platform=jax.default_backend(),
+                   platform_detected=platform_name, device_kind=device.device_kind)
+        _emit(out, job, index, jobs, start)
 
 
 # --------------------------------------------------------------------------- orchestrator
 
 
-def build_jobs(quick: bool, variants: bool, all_variants: bool = False) -> list[dict]:
+def build_jobs(quick: bool, variants: bool, all_variants: bool = False, *, peer: bool = False,
+               platform_name: str = "cpu") -> list[dict]:
+    """Every measurement of one bench run, in the order they run.
+
+    With ``peer`` the comparisons alternate, ``rounds`` times: the digits train step (ours,
+    torch), the benchmark train step (our configs of ``train_configs``, torch); then sampling
+    (ours, torch). Each job has ``side`` ("ours" or "peer") and, in the alternating groups,
+    ``round``. On a non-CPU platform a job that needs a CPU-only XLA setting carries ``skip``
+    (the reason) and is not run.
+    """
     key = "quick" if quick else "full"
     sizes = SIZES[key]
-    jobs = [dict(group="peak", name="matmul peak, YNN flag", worker="peak")]
+    rounds = sizes["rounds"]
+    on_cpu = platform_name == "cpu"
+    jobs = [dict(group="peak", name="matmul peak, YNN flag" if on_cpu else "matmul peak",
+                 worker="peak")]
     if not quick:
         jobs.append(dict(group="peak", name="matmul peak, jaxlib default", worker="peak",
                          ynn=False))
-    for mode, devices in sizes["train_configs"]:
-        jobs.append(dict(group="train", name=f"{mode}, {devices} device{'s' * (devices > 1)}",
-                         worker="train", mode=mode, devices=devices))
-    jobs.append(dict(group="sample", name="sampling", worker="sample"))
+    for r in range(1, rounds + 1):
+        jobs.append(dict(group="digits", side="ours", round=r, worker="train", net="digits_main",
+                         name="digits train step (make train)"))
+        if peer:
+            jobs.append(dict(group="digits", side="peer", round=r, worker="torch_train",
+                             net="digits", name="torch digits train step"))
+    for r in range(1, rounds + 1):
+        for mode, devices in sizes["train_configs"]:
+            jobs.append(dict(group="train", side="ours", round=r, alternated=True,
+                             name=f"{mode}, {devices} device{'s' * (devices > 1)}",
+                             worker="train", net="benchmark", mode=mode, devices=devices))
+        if peer:
+            jobs.append(dict(group="train", side="peer", round=r, worker="torch_train",
+                             net="benchmark", name="torch benchmark train step"))
+    once = sizes["train_configs_once"] + (sizes["train_configs_extra"] if all_variants else [])
+    for mode, devices in once:
+        jobs.append(dict(group="train", side="ours", round=1, alternated=False,
+                         name=f"{mode}, {devices} device{'s' * (devices > 1)}",
+                         worker="train", net="benchmark", mode=mode, devices=devices))
+    jobs.append(dict(group="sample", side="ours", name="sampling", worker="sample"))
+    if peer:
+        jobs.append(dict(group="sample", side="peer", name="torch sampling",
+                         worker="torch_sample", net="benchmark"))
     for net in sizes["elbo"]:
         jobs.append(dict(group="elbo", name=f"elbo {net}", worker="elbo", net=net))
     if variants:
-        jobs += [dict(v, group="variant", worker="train") for v in VARIANTS[key]
+        jobs += [dict(v, group="variant", worker="train", net="benchmark") for v in VARIANTS[key]
                  if all_variants or not v.get("optional")]
+    for job in jobs:
+        job.setdefault("side", "ours")
+        reason = cpu_only_skip(job, platform_name)
+        if reason:
+            job["skip"] = reason
     return jobs
 
 
 def group_jobs(jobs: list[dict], quick: bool) -> list[list[dict]]:
     """One process per job (own peak RSS); --quick shares a process between jobs whose flags
-    differ at most in the device count, to keep the smoke test short."""
+    differ at most in the device count (peer jobs: one process of their own), to keep the smoke
+    test short."""
     if not quick:
         return [[job] for job in jobs]
     groups: dict[tuple, list[dict]] = {}
     for job in jobs:
-        groups.setdefault((job.get("ynn", True), job.get("extra", "")), []).append(job)
+        peer = job["worker"].startswith("torch")
+        groups.setdefault((peer, job.get("ynn", True), job.get("extra", "")), []).append(job)
     return list(groups.values())
 
 
@@ -215,13 +388,22 @@ def machine_info() -> dict:
     except OSError:
         pass
     versions = {}
-    for dist in ("jax", "jaxlib", "flax", "optax", "numpy"):
+    for dist in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "diffusers"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
     return {"cpu_count": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions}
+
+
+def peer_status(choice: str) -> dict:
+    """Whether this run measures the peer, and if not, why (the text every peer ratio shows)."""
+    if choice == "off":
+        return {"status": "off", "measured": False, "reason": PEER_OFF}
+    if not peer_installed():
+        return {"status": "not installed", "measured": False, "reason": PEER_MISSING}
+    return {"status": "measured", "measured": True, "reason": None}
 
 
 def main(argv=None) -> int:
@@ -232,17 +414,25 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-variants", action="store_true",
                         help="leave out the train-step variants section")
     parser.add_argument("--all-variants", action="store_true",
-                        help="also the two XLA CPU option variants (~1 min more)")
+                        help="also the optional variants (no YNN flag with 2 devices, two XLA CPU "
+                             "options) and train configs (pmap 2 devices, sharding 8); ~3 min more")
+    parser.add_argument("--peer", choices=("auto", "off"), default="auto",
+                        help="the PyTorch + diffusers peer: auto = measure it in this run when "
+                             f"torch and diffusers are installed ({PEER_INSTALL}); off = never")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite results.md from an existing results.json (no measuring)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per worker")
     parser.add_argument("--worker-jobs", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", choices=("train", "sample", "elbo", "peak"), default=None,
+    parser.add_argument("--worker", default=None,
+                        choices=("train", "sample", "elbo", "peak", "torch_train", "torch_sample"),
                         help="run one measurement in this process and print its JSON")
     parser.add_argument("--devices", type=int, default=1, help="--worker: forced host devices")
     parser.add_argument("--mode", choices=("none", "sharding", "pmap"), default="none")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--net", default="benchmark", help="--worker elbo: benchmark, mlp, mlp32, mlp_8x8x1, digits")
+    parser.add_argument("--net", default="benchmark",
+                        help="--worker train: benchmark or digits_main (the step of make train); "
+                             "--worker elbo: benchmark, mlp, mlp32, digits; "
+                             "--worker torch_train: benchmark or digits")
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--no-ynn", action="store_true", help="--worker: without the YNN flag")
     parser.add_argument("--xla-extra", default="", help="--worker: more XLA flags")
@@ -256,7 +446,7 @@ def main(argv=None) -> int:
                          ynn=not args.no_ynn, extra=args.xla_extra)], args.quick)
         return 0
 
-    import report  # plain Python: the orchestrator never imports JAX
+    import report  # plain Python: the orchestrator never imports JAX (nor torch)
 
     out_dir = args.out or HERE
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -271,11 +461,18 @@ def main(argv=None) -> int:
     started = dt.datetime.now(dt.UTC)
     load_start = os.getloadavg()
     t0 = time.perf_counter()
-    jobs = build_jobs(args.quick, not args.skip_variants, args.all_variants)
-    groups = group_jobs(jobs, args.quick)
-    done = []
+    platform_name = detect_platform()
+    peer = peer_status(args.peer)
+    jobs = build_jobs(args.quick, not args.skip_variants, args.all_variants,
+                      peer=peer["measured"], platform_name=platform_name)
+    done = [dict(job, skipped=job["skip"], wall_s=0.0) for job in jobs if "skip" in job]
+    groups = group_jobs([job for job in jobs if "skip" not in job], args.quick)
+    if not peer["measured"]:
+        print(f"[bench] PyTorch peer {peer['reason']}", file=sys.stderr, flush=True)
     for i, group in enumerate(groups, 1):
-        names = ", ".join(f"{job['group']}: {job.get('name', job['worker'])}" for job in group)
+        names = ", ".join(f"{job['group']}: {job.get('name', job['worker'])}"
+                          + (f" (round {job['round']})" if "round" in job else "")
+                          for job in group)
         print(f"[bench {i}/{len(groups)}] {names} ...", file=sys.stderr, flush=True)
         records = run_group(group, args.quick, timeout * len(group))
         for record in records:
@@ -287,16 +484,22 @@ def main(argv=None) -> int:
             print(error, file=sys.stderr)
         done += records
     total = time.perf_counter() - t0
+    sizes = SIZES["quick" if args.quick else "full"]
     meta = {
-        "schema_version": 1,
+        "schema_version": 2,
         "mode": "quick" if args.quick else "full",
         "started_utc": started.isoformat(timespec="seconds"),
         "total_runtime_s": total,
         "loadavg_start": list(load_start),
         "loadavg_end": list(os.getloadavg()),
         "machine": machine_info(),
-        "base_xla_flags": YNN_FLAG + (" " + QUICK_FLAG if args.quick else ""),
-        "sizes": SIZES["quick" if args.quick else "full"],
+        "platform_detected": platform_name,
+        "base_xla_flags": (YNN_FLAG + (" " + QUICK_FLAG if args.quick else "")
+                           if platform_name == "cpu" else ""),
+        "peer_choice": args.peer,
+        "peer_status": dict(peer, rounds=sizes["rounds"] if peer["measured"] else 0,
+                            install=PEER_INSTALL),
+        "sizes": sizes,
     }
     results = report.build_results(meta, done)
     (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
