@@ -401,6 +401,12 @@ def test_kind_validates_eval_nfe_naming_the_key():
         ({"eval__sampler": "sde_dpm_solver++", "eval__nfe": 21},
          r"config\.eval\.nfe \(21\) must not exceed config\.diffusion\.T \(20\)"),
         ({"eval__sampler": "dpm_solver"}, r"config\.eval\.sampler.*Did you mean 'dpm_solver\+\+'"),
+        # The progress grids' sampler is checked as strictly as the final one.
+        ({"eval__progress_sampler": "dpm_solver++", "eval__nfe": 25},
+         r"config\.eval\.nfe \(25\) must not exceed config\.diffusion\.T \(20\)"),
+        ({"eval__progress_sampler": "ddmi"}, r"config\.eval\.progress_sampler.*'ddmi'"),
+        ({"eval__progress_sampler": "ddim", "eval__ddim_steps": 21},
+         r"config\.eval\.ddim_steps \(21\).*config\.eval\.progress_sampler='ddim'"),
     ]
     for overrides, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -272,15 +272,20 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
         hs = host_state()
         record = {"step": step, **periodic_eval(hs.ema_params, test_images, eval_key)}
         if kind.CAN_SAMPLE:
-            grid = kind.sample(cfg, model, hs.ema_params, sample_key,
+            # Grids during training are progress only: the kind's (cheaper) progress sampler.
+            sampler = None if final else kind.progress_sampler(cfg)
+            grid = kind.sample(cfg, model, hs.ema_params, sample_key, sampler=sampler,
                                num_samples=cfg.eval.num_samples, image_shape=image_shape,
                                progress=progress and final)
             record["sample_grid"] = str(plots.save_image_grid(
                 grid, samples_dir / f"samples_{step:07d}.png"))
+            if sampler is not None:
+                record["progress_sampler"] = sampler
         return record
 
     stopped = None
     last_metrics = {}
+    periodic_seconds = checkpoint_seconds = 0.0  # parts of the training phase, reported apart
     metrics_path = workdir / "metrics.jsonl"
     with _SignalFlag() as signals, MetricsLog(
         metrics_path, resume_step=start_step, tensorboard_dir=workdir / "tensorboard",
@@ -309,9 +314,13 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
                         f"updates is {'none' if good is None else f'step {good}'} in "
                         f"{ckpt.directory}. Lower optim.lr or raise optim.grad_clip.")
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < num_steps:
+                tick = time.time()
                 metrics_log.write(evaluate_and_sample(step))
+                periodic_seconds += time.time() - tick
             if step % cfg.train.checkpoint_every == 0 or step == num_steps:
+                tick = time.time()
                 save(step)
+                checkpoint_seconds += time.time() - tick
             if _any_process(signals.received):
                 if ckpt.latest_step() != step:  # this step may have been saved just above
                     save(step)
@@ -327,7 +336,9 @@ def _train(cfg, kind, workdir: Path, main_process: bool, progress: bool) -> dict
         log.warning("received %s: saved checkpoint %d and stopped", stopped, step)
         return {"stopped": stopped, "step": step}
 
-    summary = {"step": step, "train_seconds": train_time, "num_params": param_count,
+    summary = {"step": step, "train_seconds": train_time,
+               "periodic_eval_seconds": periodic_seconds, "checkpoint_seconds": checkpoint_seconds,
+               "num_params": param_count,
                "model_kind": cfg.model_kind, "final_train_metrics": last_metrics,
                "workdir": str(workdir)}
     final_params = host_state().ema_params
@@ -415,6 +426,12 @@ def evaluate_test_split(cfg, kind, model, params, test_images, key, *, num_level
 def format_summary(summary) -> str:
     lines = [f"trained {summary['step']} steps in {summary['train_seconds']:.0f} s "
              f"({summary['num_params']:,} parameters)"]
+    if "periodic_eval_seconds" in summary:
+        train_s = max(summary["train_seconds"], 1e-9)
+        lines.append(f"  of which periodic evaluation {summary['periodic_eval_seconds']:.0f} s "
+                     f"({100 * summary['periodic_eval_seconds'] / train_s:.0f} %), checkpoints "
+                     f"{summary['checkpoint_seconds']:.0f} s "
+                     f"({100 * summary['checkpoint_seconds'] / train_s:.0f} %)")
     lines += kinds.get(summary["model_kind"]).summary_lines(summary.get("eval", {}))
     if summary.get("sample_grid"):
         lines.append(f"samples: {summary['sample_grid']}")

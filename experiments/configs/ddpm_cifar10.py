@@ -45,5 +45,6 @@ def get_config():
     c.train.parallel = "sharding"  # data parallel over all local devices
     c.eval.batch_size = 250
     c.eval.num_samples = 64
+    c.eval.progress_sampler = "dpm_solver++"  # grids during training: 25 network calls
     c.eval.elbo_chunk_size = 20
     return c

@@ -36,5 +36,6 @@ def get_config(dataset: str = "mnist"):
     c.train.parallel = "sharding"
     c.eval.batch_size = 250
     c.eval.num_samples = 64
+    c.eval.progress_sampler = "dpm_solver++"  # grids during training: 25 network calls
     c.eval.elbo_chunk_size = 25
     return c

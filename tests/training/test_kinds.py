@@ -14,7 +14,8 @@ from diffusion_jax.training.kinds import ddpm
 from tests.training.tiny import tiny_config
 
 API = ("add_config", "validate", "FINGERPRINT_KEYS", "build", "init_params", "init_loss_state",
-       "loss_state_update", "make_loss", "evaluate", "summary_lines", "sample", "CAN_SAMPLE")
+       "loss_state_update", "make_loss", "evaluate", "summary_lines", "sample", "CAN_SAMPLE",
+       "progress_sampler")
 PACKAGE = Path(dj.__file__).parent
 
 

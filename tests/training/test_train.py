@@ -22,7 +22,9 @@ def _records(workdir):
 @pytest.fixture(scope="module")
 def ddpm_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ddpm")
-    summary = trainer.train_and_evaluate(tiny_config("ddpm"), workdir, progress=False)
+    # Progress grids with DDIM (the final grid stays ancestral: eval.sampler).
+    summary = trainer.train_and_evaluate(tiny_config("ddpm", eval__progress_sampler="ddim"),
+                                         workdir, progress=False)
     return workdir, summary
 
 
@@ -47,7 +49,12 @@ def test_ddpm_trains_evaluates_and_writes_artifacts(ddpm_run):
     train = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train] == [1, 2, 3]
     assert all(np.isfinite(r["train/loss"]) and np.isfinite(r["train/vlb_bpd"]) for r in train)
-    assert any("eval/loss" in r for r in records)
+    periodic = [r for r in records if "eval/loss" in r]
+    assert [r["step"] for r in periodic] == [2] and periodic[0]["progress_sampler"] == "ddim"
+    # The training phase says what its periodic evaluation and checkpoints took.
+    assert 0 < summary["periodic_eval_seconds"] < summary["train_seconds"]
+    assert 0 < summary["checkpoint_seconds"] < summary["train_seconds"]
+    assert "of which periodic evaluation" in trainer.format_summary(summary)
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 3]
 
 

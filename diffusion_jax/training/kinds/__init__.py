@@ -15,7 +15,9 @@ A kind module owns everything that differs between model kinds, behind the same 
 - ``evaluate(config, model, params, images, key, *, num_levels, cache_dir, cache_tag, progress)``
   -> the final test metrics; ``summary_lines(report)`` -> lines for the run summary;
 - ``sample(config, model, params, key, *, num_samples, image_shape, sampler, progress)`` ->
-  images in [−1, 1]; ``CAN_SAMPLE`` says whether the kind can (an AE has no prior).
+  images in [−1, 1]; ``CAN_SAMPLE`` says whether the kind can (an AE has no prior);
+  ``progress_sampler(config)`` -> the sampler of the grids drawn during training, or None for
+  the final one;
 
 A new kind is one module plus one line in ``KINDS`` (and a config under experiments/configs).
 """

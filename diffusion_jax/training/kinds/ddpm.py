@@ -73,6 +73,10 @@ def add_config(c: ml_collections.ConfigDict) -> None:
     c.eval.sampler = "ddpm"
     c.eval.ddim_steps = 100
     c.eval.nfe = 25  # network evaluations of (sde_)dpm_solver++ (1..T), heun (odd, 1..2T−1)
+    # The sampler of the grids drawn during training (progress only; "" = eval.sampler). A cheap
+    # one (e.g. "dpm_solver++") keeps periodic evaluation a small part of training; the final
+    # grid and figures always use eval.sampler.
+    c.eval.progress_sampler = ""
     # Final evaluation extras (0 = off): FD-digits of fd_samples samples drawn with eval.sampler
     # (digits only), and the probability-flow ODE bits/dim of the first ode_examples examples.
     c.eval.fd_samples = 0
@@ -94,6 +98,7 @@ def validate(config) -> None:
     check_choice_key(config, "diffusion.variance", VARIANCES)
     check_choice_key(config, "model.prediction", PREDICTIONS)
     check_choice_key(config, "eval.sampler", SAMPLERS)
+    check_choice_key(config, "eval.progress_sampler", ("", *SAMPLERS))
     check_choice_key(config, "diffusion.t_sampling", T_SAMPLING)
     if d.t_sampling == "importance" and d.loss != "vlb":
         raise ValueError(f"config.diffusion.t_sampling='importance' reweights the bound and needs "
@@ -129,11 +134,15 @@ def validate(config) -> None:
         raise ValueError(f"config.{key} needs config.model.learned_variance=True.")
     if d.loss == "hybrid" and d.variance != "learned":
         raise ValueError("config.diffusion.loss='hybrid' needs config.diffusion.variance='learned'.")
-    if config.eval.sampler == "ddim" and config.eval.ddim_steps > d.T:
-        raise ValueError(f"config.eval.ddim_steps ({config.eval.ddim_steps}) must not exceed "
-                         f"config.diffusion.T ({d.T}).")
-    if config.eval.sampler in NFE_SAMPLERS:
-        check_nfe(config.eval.nfe, config.eval.sampler, d.T)
+    for key in ("eval.sampler", "eval.progress_sampler"):
+        sampler = config.eval[key.split(".")[1]]
+        if not sampler:
+            continue
+        if sampler in NFE_SAMPLERS:
+            check_nfe(config.eval.nfe, sampler, d.T)
+        if sampler == "ddim" and config.eval.ddim_steps > d.T:
+            raise ValueError(f"config.eval.ddim_steps ({config.eval.ddim_steps}) must not exceed "
+                             f"config.diffusion.T ({d.T}) (config.{key}='ddim').")
     _validate_final_extras(config)
 
 
@@ -171,6 +180,12 @@ def check_nfe(nfe, sampler: str, T: int) -> None:
     elif nfe > T:
         raise ValueError(f"config.eval.nfe ({nfe}) must not exceed config.diffusion.T ({T}): "
                          f"{sampler} evaluates the network once per timestep.")
+
+
+def progress_sampler(config) -> str | None:
+    """The sampler of the grids drawn during training: ``eval.progress_sampler``, or None
+    (``eval.sampler``) when it is ""."""
+    return config.eval.progress_sampler or None
 
 
 def sample_tag(config, sampler: str) -> str:
