@@ -24,7 +24,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check diffusion_jax experiments tests bench
 
-bench: $(STAMP)
+# The bench times a PyTorch + diffusers peer in the same run (extra "bench-peer"); without it
+# the peer ratios read "unavailable".
+PEER_STAMP := $(VENV)/.installed-bench-peer
+$(PEER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench-peer]'
+	@touch $(PEER_STAMP)
+
+bench: $(PEER_STAMP)
 	$(PY) bench/run.py
 
 data: $(STAMP)

@@ -545,8 +545,9 @@ def _quiet_loggers() -> None:
 def _train(config, opts) -> int:
     _quiet_loggers()
     from diffusion_jax.training import trainer
-    from diffusion_jax.training.distributed import maybe_initialize_from_config
+    from diffusion_jax.training.distributed import maybe_initialize_from_config, use_cpu_devices
 
+    use_cpu_devices(config.train.cpu_devices)
     maybe_initialize_from_config(config)
     summary = trainer.train_and_evaluate(config, opts["workdir"], progress=opts["progress"])
     if summary.get("stopped"):

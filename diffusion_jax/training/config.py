@@ -66,6 +66,9 @@ def base_config(model_kind: str = "ddpm") -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.max_consecutive_skips = 20
     c.train.parallel = "none"  # none, sharding (jit over a Mesh) or pmap
+    # Host devices when JAX runs on the CPU (0: JAX's default, one). With N = the cores and
+    # parallel="sharding", each core trains its share of the batch (bench/README.md).
+    c.train.cpu_devices = 0
     c.train.allow_config_change = False
 
     # Multi-host: "" / 0 / -1 mean "read JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID".
@@ -169,7 +172,8 @@ def validate_config(config) -> None:
                 "train.keep_checkpoints", "train.max_consecutive_skips", "eval.batch_size",
                 "eval.num_samples", "eval.periodic_examples"):
         check_positive_int(config, key)
-    for key in ("optim.warmup_steps", "train.eval_every", "eval.max_examples"):
+    for key in ("optim.warmup_steps", "train.eval_every", "eval.max_examples",
+                "train.cpu_devices"):
         check_nonnegative_int(config, key)
     check_positive_number(config, "optim.lr")
     check_positive_number(config, "optim.eps")

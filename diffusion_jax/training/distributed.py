@@ -146,3 +146,27 @@ def process_shard() -> tuple[int, int]:
 def is_main_process() -> bool:
     """True on process 0: the one that writes logs, metrics files and figures."""
     return jax.process_index() == 0
+
+
+def use_cpu_devices(count: int) -> None:
+    """Gives JAX's CPU backend ``count`` host devices (``config.train.cpu_devices``; 0: leave
+    JAX's default). Must run before anything touches a JAX device; if the CPU backend is
+    already running with another count, a ValueError says how to set it instead.
+
+    Only the CPU backend is affected: on a GPU or TPU ``jax.devices()`` still lists those.
+    """
+    if not count:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", int(count))
+        return
+    except RuntimeError:  # the backend already started: fine if it has the count asked for
+        pass
+    have = len(jax.devices("cpu"))
+    if have != count:
+        raise ValueError(
+            f"config.train.cpu_devices={count}, but JAX's CPU backend already started with "
+            f"{have} device{'s' * (have != 1)}. Set it before any JAX computation "
+            f"(jax.config.update('jax_num_cpu_devices', {count}) or XLA_FLAGS="
+            f"--xla_force_host_platform_device_count={count}), or set "
+            f"config.train.cpu_devices=0.")

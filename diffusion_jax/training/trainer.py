@@ -32,6 +32,7 @@ from diffusion_jax.models import num_params
 from diffusion_jax.training import kinds, plots
 from diffusion_jax.training.checkpoint import Checkpointer
 from diffusion_jax.training.config import get_key, load_config_json, validate_config
+from diffusion_jax.training.distributed import use_cpu_devices
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import ParallelStep, create_train_state, make_train_step
 from diffusion_jax.training.workdir import MetricsLog, RunLock, write_json_atomic
@@ -166,6 +167,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     """
     validate_config(config)
     cfg = config
+    use_cpu_devices(cfg.train.cpu_devices)  # before anything below starts the backend
     kind = kinds.get(cfg.model_kind)
     workdir = _prepare_workdir(workdir)
     main_process = jax.process_index() == 0  # only it writes logs and figures; all checkpoint

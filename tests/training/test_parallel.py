@@ -243,3 +243,47 @@ def test_shard_map_and_pmap_of_l_simple_give_the_single_device_gradient():
     assert tiny.max_rel_diff(got, reference) <= 1e-6
     assert tiny.max_rel_diff(from_pmap, reference) <= 1e-6
     assert tiny.max_rel_diff(summed, jax.tree.map(lambda g: n * g, reference)) <= 1e-6
+
+
+def test_cpu_devices_setting_is_checked_against_the_running_backend():
+    """train.cpu_devices: JAX's CPU backend here already runs 8 forced devices, so 8 is fine,
+    another count is an error naming the key and how to set it, and 0 leaves JAX alone."""
+    from diffusion_jax.training.config import validate_config
+    from diffusion_jax.training.distributed import use_cpu_devices
+    from tests.training.tiny import tiny_config
+
+    assert len(jax.devices("cpu")) == 8
+    use_cpu_devices(0)
+    use_cpu_devices(8)
+    with pytest.raises(ValueError, match=r"config\.train\.cpu_devices=2.*already started with 8 "
+                                         r"devices.*jax_num_cpu_devices"):
+        use_cpu_devices(2)
+    with pytest.raises(ValueError, match=r"config\.train\.cpu_devices must be"):
+        validate_config(tiny_config("ddpm", train__cpu_devices=-1))
+
+
+def test_cpu_devices_gives_the_cli_run_that_many_devices(tmp_path):
+    """`train --config.train.cpu_devices=2` in a fresh process (no XLA_FLAGS device count)
+    trains on 2 CPU devices with parallel='sharding'."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    args = [sys.executable, "-m", "diffusion_jax", "train", "--config",
+            str(repo / "experiments/configs/ddpm_digits.py"), "--workdir", str(tmp_path / "w"),
+            "--progress=false", "--config.train.cpu_devices=2", "--config.train.parallel=sharding",
+            "--config.model.ch=8", "--config.model.ch_mult=(1,)", "--config.model.num_groups=4",
+            "--config.model.mid_attention=False", "--config.diffusion.T=20",
+            "--config.train.num_steps=2", "--config.train.eval_every=0",
+            "--config.eval.max_examples=8", "--config.eval.num_samples=2",
+            "--config.eval.fd_samples=0", "--config.eval.ode_examples=0",
+            "--config.eval.elbo_chunk_size=10", "--config.eval.progress_sampler=ddpm"]
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0",
+               PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "w" / "run_info.json").read_text())
+    assert info["device_count"] == 2 and info["backend"] == "cpu"

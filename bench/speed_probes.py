@@ -1,0 +1,343 @@
+"""Speed probes of issue 15: candidate changes to the train step, each timed against what the
+library does, interleaved in one process (A, B, A, B, ...), after checking it computes the same
+values and gradients. Not part of ``make bench``; the measured ratios are rows in bench/README.md.
+
+    .venv/bin/python bench/speed_probes.py                 # every probe (~4 min, idle machine)
+    .venv/bin/python bench/speed_probes.py groupnorm wgrad # some of them
+    .venv/bin/python bench/speed_probes.py --quick         # tiny sizes: checks only (smoke test)
+
+Probes:
+  groupnorm  GroupNorm + SiLU, forward + backward, per layer size: flax's ``nn.GroupNorm``
+             (the library) against a two-stage formulation (per-(b, c) sums over H·W, then per
+             group) and against a hand-written ``jax.custom_vjp`` backward; then the whole
+             ddpm_digits train step with the two-stage GroupNorm in every block.
+  wgrad      backward-filter 3×3 convolutions: XLA's autodiff (the library) against patches ×
+             matmul (one dot over the im2col matrix) and nine shifted dots.
+  multistep  k = 4 train-step gradients of the ddpm_digits U-Net: 4 calls against one
+             ``lax.scan`` over the 4 micro-batches (``make_multi_step``).
+  optimizer  the ddpm_digits train step with the optimizer on every leaf (the library) against
+             ``optax.flatten`` (one vector for clip + AdamW + the finite check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS",
+                      "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import linen as nn  # noqa: E402
+from jax import lax  # noqa: E402
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def interleaved(fns: dict, args, *, rounds: int, calls: int) -> dict:
+    """Median ms per call of each jitted fn, timed in turn (A, B, ..., A, B, ...)."""
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args))
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - start) / calls * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _close(a, b, what, rtol=1e-4):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        scale = float(jnp.max(jnp.abs(y))) + 1e-30
+        err = float(jnp.max(jnp.abs(x - y))) / scale
+        if not err < rtol:
+            raise AssertionError(f"{what}: relative error {err:.2e} ≥ {rtol}")
+
+
+# --------------------------------------------------------------------------- GroupNorm
+
+
+def group_norm_flax(x, scale, bias, groups, silu=True):
+    y = nn.GroupNorm(num_groups=groups, epsilon=1e-6).apply(
+        {"params": {"scale": scale, "bias": bias}}, x)
+    return nn.silu(y) if silu else y
+
+
+def group_norm_two_stage(x, scale, bias, groups, silu=True):
+    """Sums per (b, c) over H·W, then per group on the (B, C) sums; one affine map per (b, c)."""
+    B, H, W, C = x.shape
+    n = H * W * (C // groups)
+    s1 = jnp.sum(x, axis=(1, 2)).reshape(B, groups, -1).sum(-1)
+    s2 = jnp.sum(jnp.square(x), axis=(1, 2)).reshape(B, groups, -1).sum(-1)
+    mean = s1 / n
+    rstd = lax.rsqrt(jnp.maximum(s2 / n - jnp.square(mean), 0.0) + 1e-6)
+    a = jnp.repeat(rstd, C // groups, axis=-1) * scale
+    b = bias - jnp.repeat(mean, C // groups, axis=-1) * a
+    y = x * a[:, None, None, :] + b[:, None, None, :]
+    return nn.silu(y) if silu else y
+
+
+def _gn_stats(x, groups):
+    B, H, W, C = x.shape
+    xg = x.reshape(B, H * W, groups, C // groups)
+    mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
+    var = jnp.maximum(jnp.mean(jnp.square(xg), axis=(1, 3), keepdims=True) - jnp.square(mean), 0)
+    return xg, mean, lax.rsqrt(var + 1e-6)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def group_norm_silu_custom_vjp(x, scale, bias, groups):
+    return _gn_silu_fwd(x, scale, bias, groups)[0]
+
+
+def _gn_silu_fwd(x, scale, bias, groups):
+    xg, mean, rstd = _gn_stats(x, groups)
+    y = ((xg - mean) * rstd).reshape(x.shape) * scale + bias
+    return y * jax.nn.sigmoid(y), (x, mean, rstd, scale, bias)
+
+
+def _gn_silu_bwd(groups, res, g):
+    """dx = rstd (d x̂ − mean(d x̂) − x̂ mean(d x̂ · x̂)) per group, d x̂ = γ · SiLU'(y) · g."""
+    x, mean, rstd, scale, bias = res
+    B, H, W, C = x.shape
+    shape = (B, H * W, groups, C // groups)
+    xhat = (x.reshape(shape) - mean) * rstd
+    y = xhat.reshape(x.shape) * scale + bias
+    s = jax.nn.sigmoid(y)
+    dy = g * s * (1 + y * (1 - s))
+    dxhat = (dy * scale).reshape(shape)
+    m1 = jnp.mean(dxhat, axis=(1, 3), keepdims=True)
+    m2 = jnp.mean(dxhat * xhat, axis=(1, 3), keepdims=True)
+    dx = (rstd * (dxhat - m1 - xhat * m2)).reshape(x.shape)
+    xhat = xhat.reshape(x.shape)
+    return dx, jnp.sum(dy * xhat, axis=(0, 1, 2)), jnp.sum(dy, axis=(0, 1, 2))
+
+
+group_norm_silu_custom_vjp.defvjp(_gn_silu_fwd, _gn_silu_bwd)
+
+
+def probe_groupnorm(quick: bool) -> list[str]:
+    rows = []
+    sizes = [(4, 8, 16, 8)] if quick else [(64, 8, 32, 8), (64, 4, 64, 8), (64, 8, 96, 8),
+                                           (64, 28, 32, 8), (64, 14, 64, 8)]
+    for B, H, C, G in sizes:
+        k = jax.random.split(jax.random.key(0), 4)
+        x = 2 * jax.random.normal(k[0], (B, H, H, C)) + 0.5
+        scale = 1 + 0.1 * jax.random.normal(k[1], (C,))
+        bias = 0.1 * jax.random.normal(k[2], (C,))
+        ct = jax.random.normal(k[3], x.shape)
+
+        def vjp_of(f, groups=G, ct=ct):
+            return jax.jit(lambda *args: jax.vjp(lambda *a: f(*a, groups), *args)[1](ct))
+
+        fns = {"flax": vjp_of(group_norm_flax), "two-stage": vjp_of(group_norm_two_stage),
+               "custom_vjp": vjp_of(group_norm_silu_custom_vjp)}
+        ref = fns["flax"](x, scale, bias)
+        for name in ("two-stage", "custom_vjp"):
+            _close(fns[name](x, scale, bias), ref, f"GroupNorm {name} gradient")
+        ms = interleaved(fns, (x, scale, bias), rounds=1 if quick else 5, calls=2 if quick else 30)
+        rows.append(f"GroupNorm+SiLU fwd+bwd B{B} {H}×{H}×{C} G{G}: flax {ms['flax']:.2f} ms, "
+                    f"two-stage {ms['two-stage']:.2f} ms ({ms['flax'] / ms['two-stage']:.2f}×), "
+                    f"custom_vjp {ms['custom_vjp']:.2f} ms ({ms['flax'] / ms['custom_vjp']:.2f}×)")
+    rows.append(_digits_step_rows(quick, "two-stage GroupNorm in the U-Net", _two_stage_unet))
+    return rows
+
+
+class _TwoStageGroupNorm(nn.Module):
+    """flax GroupNorm's parameters, ``group_norm_two_stage`` inside (SiLU stays outside)."""
+
+    num_groups: int
+
+    @nn.compact
+    def __call__(self, x):
+        C = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (C,))
+        bias = self.param("bias", nn.initializers.zeros, (C,))
+        return group_norm_two_stage(x, scale, bias, self.num_groups, silu=False)
+
+
+def _two_stage_unet():
+    """Patches the U-Net's GroupNorm factory; returns the undo function."""
+    from diffusion_jax.models import unet
+
+    original = unet._group_norm
+
+    def factory(channels, num_groups, dtype, param_dtype, name):
+        return _TwoStageGroupNorm(unet.group_count(channels, num_groups), name=name)
+
+    unet._group_norm = factory
+    return lambda: setattr(unet, "_group_norm", original)
+
+
+# --------------------------------------------------------------------------- the digits step
+
+
+def _digits_setup(quick: bool, optimizer=None):
+    from diffusion_jax.training import kinds
+    from diffusion_jax.training.optim import make_optimizer
+    from diffusion_jax.training.step import create_train_state, make_train_step
+    from experiments.configs.ddpm_digits import get_config
+
+    cfg = get_config()
+    if quick:
+        cfg.model.ch, cfg.model.ch_mult, cfg.model.mid_attention = 8, (1,), False
+        cfg.model.num_groups = 4
+    kind = kinds.get("ddpm")
+    model = kind.build(cfg, (8, 8, 1))
+    params = kind.init_params(model, (8, 8, 1), jax.random.key(0, impl="rbg"))
+    optimizer = optimizer or make_optimizer(cfg.optim, cfg.train.num_steps)
+    state = create_train_state(params, optimizer, jax.random.key(1))
+    loss_fn = kind.make_loss(model, cfg, num_levels=17)
+    step = jax.jit(make_train_step(loss_fn, optimizer, ema_decay=cfg.optim.ema_decay,
+                                   global_batch=64))
+    levels = jax.random.randint(jax.random.key(2), (64, 8, 8, 1), 0, 17)
+    return cfg, model, state, step, {"image": levels / 8.0 - 1.0}
+
+
+def _digits_step_rows(quick, label, patch):
+    """The whole train step without and with ``patch`` (same parameters): same loss, grads."""
+    _, _, state, step_a, batch = _digits_setup(quick)
+    undo = patch()
+    try:  # traced and compiled while patched
+        _, _, _, step_b, _ = _digits_setup(quick)
+        step_b = step_b.lower(state, batch).compile()
+    finally:
+        undo()
+    _close(step_b(state, batch)[0].params, step_a(state, batch)[0].params, label, rtol=1e-3)
+    ms = interleaved({"library": lambda s: step_a(s, batch)[1],
+                      "candidate": lambda s: step_b(s, batch)[1]}, (state,),
+                     rounds=1 if quick else 5, calls=2 if quick else 30)
+    return (f"ddpm_digits train step, {label}: library {ms['library']:.1f} ms, candidate "
+            f"{ms['candidate']:.1f} ms ({ms['library'] / ms['candidate']:.2f}×)")
+
+
+# --------------------------------------------------------------------------- backward-filter
+
+
+def _conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN)
+
+
+def wgrad_autodiff(x, dy, w):
+    return jax.vjp(lambda w: _conv(x, w), w)[1](dy)[0]
+
+
+def _shifted(x):
+    B, H, W, C = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return [xp[:, i:i + H, j:j + W, :] for i in range(3) for j in range(3)]
+
+
+def wgrad_patches_matmul(x, dy, w):
+    """dW = Pᵀ dY with P the (B·H·W, 9·Cin) im2col matrix: one dot."""
+    C, O = x.shape[-1], dy.shape[-1]
+    patches = jnp.concatenate(_shifted(x), -1).reshape(-1, 9 * C)
+    dw = lax.dot_general(patches, dy.reshape(-1, O), (((0,), (0,)), ((), ())))
+    return dw.reshape(3, 3, C, O)
+
+
+def wgrad_nine_dots(x, dy, w):
+    C, O = x.shape[-1], dy.shape[-1]
+    d = dy.reshape(-1, O)
+    dws = [lax.dot_general(s.reshape(-1, C), d, (((0,), (0,)), ((), ()))) for s in _shifted(x)]
+    return jnp.stack(dws).reshape(3, 3, C, O)
+
+
+def probe_wgrad(quick: bool) -> list[str]:
+    rows = []
+    sizes = [(4, 8, 8, 8)] if quick else [(64, 8, 32, 32), (64, 8, 96, 32), (64, 4, 64, 64),
+                                           (64, 28, 32, 32), (64, 14, 64, 64), (64, 7, 64, 64)]
+    for B, H, Ci, Co in sizes:
+        k = jax.random.split(jax.random.key(0), 3)
+        x = jax.random.normal(k[0], (B, H, H, Ci))
+        w = 0.1 * jax.random.normal(k[1], (3, 3, Ci, Co))
+        dy = jax.random.normal(k[2], (B, H, H, Co))
+        fns = {"autodiff": jax.jit(wgrad_autodiff), "patches": jax.jit(wgrad_patches_matmul),
+               "9 dots": jax.jit(wgrad_nine_dots)}
+        ref = fns["autodiff"](x, dy, w)
+        for name in ("patches", "9 dots"):
+            _close(fns[name](x, dy, w), ref, f"backward-filter {name}")
+        ms = interleaved(fns, (x, dy, w), rounds=1 if quick else 3, calls=2 if quick else 20)
+        rows.append(f"backward-filter B{B} {H}×{H} {Ci}→{Co}: autodiff {ms['autodiff']:.2f} ms, "
+                    f"patches×matmul {ms['patches']:.2f} ms "
+                    f"({ms['autodiff'] / ms['patches']:.2f}×), 9 dots {ms['9 dots']:.2f} ms "
+                    f"({ms['autodiff'] / ms['9 dots']:.2f}×)")
+    return rows
+
+
+# --------------------------------------------------------------------------- steps per call
+
+
+def probe_multistep(quick: bool) -> list[str]:
+    cfg, model, state, _, batch = _digits_setup(quick)
+    t = jnp.full((64,), 500)
+    xs = jnp.stack([batch["image"]] * 4)
+
+    def loss(p, x):
+        return jnp.mean(jnp.square(model.apply({"params": p}, x, t, train=False) - x))
+
+    grad = jax.jit(jax.grad(loss))
+
+    def four_calls(p, xs):
+        return [grad(p, xs[i]) for i in range(4)]
+
+    scanned = jax.jit(lambda p, xs: lax.scan(lambda c, x: (c, jax.grad(loss)(p, x)), 0, xs)[1])
+    ref = four_calls(state.params, xs)
+    got = scanned(state.params, xs)
+    _close([jax.tree.map(lambda g, i=i: g[i], got) for i in range(4)], ref, "scan gradients")
+    ms = interleaved({"4 calls": four_calls, "scan": scanned}, (state.params, xs),
+                     rounds=1 if quick else 2, calls=1 if quick else 3)
+    return [f"4 train-step gradients of the ddpm_digits U-Net: 4 calls {ms['4 calls']:.0f} ms, one "
+            f"lax.scan {ms['scan']:.0f} ms ({ms['4 calls'] / ms['scan']:.2f}×)"]
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def probe_optimizer(quick: bool) -> list[str]:
+    from diffusion_jax.training.optim import learning_rate_schedule
+    from experiments.configs.ddpm_digits import get_config
+
+    o = get_config().optim
+    inner = optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                        optax.adamw(learning_rate_schedule(o, 2500), b1=o.b1, b2=o.b2, eps=o.eps,
+                                    weight_decay=o.weight_decay))
+    flat = optax.flatten(optax.apply_if_finite(inner, max_consecutive_errors=2**30))
+    _, _, state, step_a, batch = _digits_setup(quick)
+    _, _, state_b, step_b, _ = _digits_setup(quick, optimizer=flat)
+    _close(step_b(state_b, batch)[0].params, step_a(state, batch)[0].params, "flat optimizer")
+    ms = interleaved({"per leaf": lambda: step_a(state, batch)[1],
+                      "flat": lambda: step_b(state_b, batch)[1]}, (),
+                     rounds=1 if quick else 5, calls=2 if quick else 30)
+    return [f"ddpm_digits train step, optimizer per leaf {ms['per leaf']:.1f} ms, optax.flatten "
+            f"{ms['flat']:.1f} ms ({ms['per leaf'] / ms['flat']:.2f}×)"]
+
+
+PROBES = {"groupnorm": probe_groupnorm, "wgrad": probe_wgrad, "multistep": probe_multistep,
+          "optimizer": probe_optimizer}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("probes", nargs="*", choices=[*PROBES, []], default=[])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: the checks only")
+    args = parser.parse_args(argv)
+    for name in args.probes or PROBES:
+        for row in PROBES[name](args.quick):
+            print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
