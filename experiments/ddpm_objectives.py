@@ -47,6 +47,7 @@ def make_config(loss: str, args):
         c.diffusion.T = 20
         c.train.log_every = 2
         c.train.eval_every = 0  # only the final grid: every grid costs a sampler compilation
+        c.eval.progress_sampler = ""  # no progress grids; eval.nfe (25) would exceed T = 20
         c.train.checkpoint_every = args.steps
         c.eval.max_examples, c.eval.num_samples, c.eval.ddim_steps = 8, 4, 10
     return c

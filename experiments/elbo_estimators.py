@@ -173,6 +173,7 @@ def ddpm_config(T: int, args):
     c.diffusion.schedule = args.schedule
     c.train.num_steps = args.ddpm_steps
     c.train.eval_every = 0
+    c.eval.progress_sampler = ""  # no progress grids (eval_every = 0); eval.nfe may exceed T
     c.train.checkpoint_every = args.ddpm_steps
     c.train.log_every = min(25, args.ddpm_steps)
     c.optim.warmup_steps = min(100, max(args.ddpm_steps // 10, 1))

@@ -28,6 +28,7 @@ DDPM = "experiments/configs/ddpm_digits.py"
 VAE = "experiments/configs/vae_digits.py"
 TINY = ["--config.model.ch=8", "--config.model.ch_mult=(1,)", "--config.model.num_groups=4",
         "--config.diffusion.T=20", "--config.eval.fd_samples=0", "--config.eval.ode_examples=0",
+        "--config.eval.nfe=10",
         "--config.model.mid_attention=false", "--config.data.batch_size=8",
         "--config.optim.warmup_steps=1", "--config.train.log_every=1", "--config.train.eval_every=0",
         "--config.eval.max_examples=8", "--config.eval.batch_size=8",
