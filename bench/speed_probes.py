@@ -151,7 +151,46 @@ def probe_groupnorm(quick: bool) -> list[str]:
                     f"two-stage {ms['two-stage']:.2f} ms ({ms['flax'] / ms['two-stage']:.2f}×), "
                     f"custom_vjp {ms['custom_vjp']:.2f} ms ({ms['flax'] / ms['custom_vjp']:.2f}×)")
     rows.append(_digits_step_rows(quick, "two-stage GroupNorm in the U-Net", _two_stage_unet))
+    if not quick:
+        rows.append(_benchmark_step_row())
     return rows
+
+
+def _benchmark_step_row():
+    """The benchmark U-Net's train step (28×28, batch 64) with flax's and the two-stage
+    GroupNorm, compiled each under its own GroupNorm, timed interleaved."""
+    from diffusion_jax.models import unet_benchmark
+    from diffusion_jax.training import kinds
+    from diffusion_jax.training.config import base_config
+    from diffusion_jax.training.optim import make_optimizer
+    from diffusion_jax.training.step import create_train_state, make_train_step
+
+    cfg = base_config("ddpm")
+    cfg.optim.lr = 2e-4
+    kind, model = kinds.get("ddpm"), unet_benchmark()
+    loss_fn = kind.make_loss(model, cfg, num_levels=256)
+    optimizer = make_optimizer(cfg.optim, cfg.train.num_steps)
+    params = kind.init_params(model, (28, 28, 1), jax.random.key(0, impl="rbg"))
+    state = create_train_state(params, optimizer, jax.random.key(1))
+    levels = jax.random.randint(jax.random.key(2), (64, 28, 28, 1), 0, 256)
+    batch = {"image": levels / 127.5 - 1.0}
+
+    def compiled():
+        step = make_train_step(loss_fn, optimizer, ema_decay=cfg.optim.ema_decay, global_batch=64)
+        return jax.jit(step).lower(state, batch).compile()
+
+    step_a = compiled()
+    undo = _two_stage_unet()
+    try:
+        step_b = compiled()
+    finally:
+        undo()
+    _close(step_b(state, batch)[0].params, step_a(state, batch)[0].params, "benchmark step",
+           rtol=1e-3)
+    ms = interleaved({"flax": lambda s: step_a(s, batch)[1], "two": lambda s: step_b(s, batch)[1]},
+                     (state,), rounds=4, calls=3)
+    return (f"benchmark U-Net train step, two-stage GroupNorm: flax {ms['flax']:.0f} ms, "
+            f"two-stage {ms['two']:.0f} ms ({ms['flax'] / ms['two']:.2f}×)")
 
 
 class _TwoStageGroupNorm(nn.Module):
