@@ -78,15 +78,52 @@ def group_count(channels: int, requested: int) -> int:
     return groups
 
 
+def group_norm(x, scale, bias, num_groups: int, epsilon: float = 1e-6):
+    """GroupNorm of NHWC ``x`` (B, H, W, C) with per-channel ``scale`` and ``bias`` (C,), float32.
+
+    y = (x − μ) / √(σ² + ε) · scale + bias, with μ and σ² = E[x²] − μ² over the H·W positions
+    and the C/G channels of each group of each example: the function of
+    ``flax.linen.GroupNorm`` (which also uses E[x²] − μ²). The group statistics are two dots of
+    the (B, H·W, C) activations with a (C, G) group-membership matrix, and the normalisation is
+    one affine map per (b, c): on CPU XLA then runs dots instead of reduction fusions that it
+    re-evaluates per consumer (the ddpm_digits train step 1.07× faster, bench/README.md).
+    """
+    B, H, W, C = x.shape
+    per_group = C // num_groups
+    x = x.astype(jnp.float32)
+    member = (jnp.arange(C)[:, None] // per_group == jnp.arange(num_groups)[None, :]).astype(
+        jnp.float32)  # (C, G)
+    n = H * W * per_group
+    flat = x.reshape(B, H * W, C)
+    mean = jnp.einsum("bpc,cg->bg", flat, member) / n
+    mean_sq = jnp.einsum("bpc,cg->bg", flat * flat, member) / n
+    rstd = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + epsilon)
+    a = (rstd @ member.T) * scale.astype(jnp.float32)  # (B, C)
+    b = bias.astype(jnp.float32) - (mean @ member.T) * a
+    return x * a[:, None, None, :] + b[:, None, None, :]
+
+
+class GroupNorm(nn.Module):
+    """:func:`group_norm` with ``flax.linen.GroupNorm``'s parameters (``scale`` ones, ``bias``
+    zeros, shape (C,)): the same function and the same checkpoints."""
+
+    num_groups: int
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        C = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (C,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (C,), self.param_dtype)
+        return group_norm(x, scale, bias, self.num_groups, self.epsilon).astype(self.dtype)
+
+
 def _group_norm(channels: int, num_groups: int, dtype: Dtype, param_dtype: Dtype, name: str):
-    # Statistics are reduced in float32 even for bf16 compute (force_float32_reductions).
-    return nn.GroupNorm(
-        num_groups=group_count(channels, num_groups),
-        epsilon=1e-6,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
+    # Statistics in float32 even for bf16 compute.
+    return GroupNorm(group_count(channels, num_groups), 1e-6, dtype=dtype,
+                     param_dtype=param_dtype, name=name)
 
 
 class ResBlock(nn.Module):
