@@ -51,7 +51,7 @@ BETA_1, BETA_T = 1e-4, 0.02  # DDPM's linear schedule (ours: diffusion.beta_1, d
 # The diffusers twin of each bench network (everything else: UNet2DModel's defaults).
 NETS = {
     "digits": dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-                   norm_num_groups=32, down_block_types=("DownBlock2D",) * 2,
+                   norm_num_groups=8, down_block_types=("DownBlock2D",) * 2,
                    up_block_types=("UpBlock2D",) * 2),
     "benchmark": dict(sample_size=28, block_out_channels=(32, 64, 64), layers_per_block=2,
                       norm_num_groups=8, down_block_types=("DownBlock2D",) * 3,

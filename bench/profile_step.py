@@ -289,6 +289,7 @@ _DATA_MOVEMENT = {"transpose", "copy", "concatenate", "slice", "pad", "reshape",
                   "dynamic-slice", "dynamic-update-slice", "gather", "iota"}
 _NO_VOTE = {"parameter", "constant", "bitcast", "broadcast", "tuple", "get-tuple-element"}
 _RNG = re.compile(r"threefry|_normal|_uniform|_randint|random_|rng_bit|rng\b")
+_NORM_PATH = r"/(norm\d*|norm_out)/"  # the U-Net's GroupNorm modules (mid_attn/norm too)
 
 
 def parse_hlo(text: str) -> dict:
@@ -409,7 +410,7 @@ def _inst_category(inst: dict) -> str | None:
         return "rng"
     if "UNet" in name:
         path = name.split("UNet)", 1)[-1]
-        if re.search(r"/(norm\d*|norm_out)/", path + "/"):
+        if re.search(_NORM_PATH, path + "/"):
             return "groupnorm"
         if "attn" in path:
             return "attention"
@@ -428,7 +429,10 @@ def _dot_category(inst: dict) -> str:
     if not name:  # XLA-made (backward) dots: only attention multiplies batched matrices
         return "attention" if "lhs_batch_dims" in inst["rest"] else "dense"
     if "UNet" in name:
-        return "attention" if "attn" in name.split("UNet)", 1)[-1] else "dense"
+        path = name.split("UNet)", 1)[-1]
+        if re.search(_NORM_PATH, path + "/"):  # e.g. group statistics computed as dots
+            return "groupnorm"
+        return "attention" if "attn" in path else "dense"
     return _inst_category(inst) or "other"
 
 

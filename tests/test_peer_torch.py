@@ -61,6 +61,9 @@ def test_parameter_counts_equal_ours(peer, digits_config):
     assert peer.num_params(peer.build_unet("digits")) == 651_041
     assert _our_param_count(unet_benchmark(), (28, 28, 1)) == 1_539_329
     assert peer.num_params(peer.build_unet("benchmark")) == 1_539_329
+    # GroupNorm's group count changes the function, not the parameter count: checked apart.
+    assert peer.NETS["digits"]["norm_num_groups"] == digits_config.model.num_groups
+    assert peer.NETS["benchmark"]["norm_num_groups"] == unet_benchmark().num_groups
 
 
 def test_train_settings_are_our_configs(peer, digits_config):
