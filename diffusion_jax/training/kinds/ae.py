@@ -10,7 +10,11 @@ from diffusion_jax import vae as vae_lib
 from diffusion_jax.models import AutoEncoder
 from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training.config import check_choice_key, check_positive_int
-from diffusion_jax.training.kinds.common import init_loss_state, loss_state_update  # noqa: F401
+from diffusion_jax.training.kinds.common import (  # noqa: F401
+    init_loss_state,
+    loss_state_update,
+    progress_sampler,
+)
 
 ARCHITECTURES = ("mlp", "conv")
 FINGERPRINT_KEYS = ("model", "data.name", "data.binarize")
@@ -82,9 +86,3 @@ def sample(config, model, params, key, *, num_samples, image_shape, sampler=None
 
     raise SamplingUnsupported("an autoencoder has no prior to sample from; train a VAE "
                               "(model_kind='vae') or a DDPM to draw samples.")
-
-
-def progress_sampler(config) -> None:
-    """The grids drawn during training use the kind's only sampler."""
-    del config
-    return None

@@ -61,5 +61,10 @@ def loss_state_update(config):
     del config
 
 
+def progress_sampler(config) -> None:
+    """None: the grids drawn during training use the kind's final sampler (the default)."""
+    del config
+
+
 class SamplingUnsupported(ValueError):
     """The model kind cannot draw samples (e.g. a plain autoencoder has no prior)."""

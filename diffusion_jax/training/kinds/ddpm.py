@@ -29,6 +29,7 @@ from diffusion_jax.training.config import (
     check_nonnegative_int,
     check_positive_int,
     check_positive_number,
+    get_key,
 )
 from diffusion_jax.training.kinds.common import (
     add_unet_config,
@@ -135,7 +136,7 @@ def validate(config) -> None:
     if d.loss == "hybrid" and d.variance != "learned":
         raise ValueError("config.diffusion.loss='hybrid' needs config.diffusion.variance='learned'.")
     for key in ("eval.sampler", "eval.progress_sampler"):
-        sampler = config.eval[key.split(".")[1]]
+        sampler = get_key(config, key)
         if not sampler:
             continue
         if sampler in NFE_SAMPLERS:

@@ -17,7 +17,11 @@ from diffusion_jax.models import VAE
 from diffusion_jax.training import evaluate as eval_lib
 from diffusion_jax.training.config import check_choice_key, check_positive_int, check_positive_number
 from diffusion_jax.training.kinds import ae
-from diffusion_jax.training.kinds.common import init_loss_state, loss_state_update  # noqa: F401
+from diffusion_jax.training.kinds.common import (  # noqa: F401
+    init_loss_state,
+    loss_state_update,
+    progress_sampler,
+)
 
 DECODERS = ("gaussian", "bernoulli")
 FINGERPRINT_KEYS = ("model", "data.name", "data.binarize")
@@ -135,9 +139,3 @@ def sample(config, model, params, key, *, num_samples: int, image_shape, sampler
     if model.decoder == "bernoulli":
         return np.asarray(jax.nn.sigmoid(out)) * 2 - 1
     return np.clip(np.asarray(out[0]), -1, 1)
-
-
-def progress_sampler(config) -> None:
-    """The grids drawn during training use the kind's only sampler."""
-    del config
-    return None

@@ -36,6 +36,7 @@ from diffusion_jax.training.config import (
 from diffusion_jax.training.kinds.common import (
     add_unet_config,
     check_attention_levels,
+    progress_sampler,  # noqa: F401
     validate_unet,
 )
 
@@ -352,9 +353,3 @@ def _ancestral_sampler(model, shape, steps, num_levels):
         return jnp.clip(jnp.sum(probs * levels, axis=-1), -1.0, 1.0)
 
     return jax.jit(run)
-
-
-def progress_sampler(config) -> None:
-    """The grids drawn during training use the kind's only sampler."""
-    del config
-    return None
