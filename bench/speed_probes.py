@@ -66,6 +66,18 @@ def _close(a, b, what, rtol=1e-4):
             raise AssertionError(f"{what}: relative error {err:.2e} ≥ {rtol}")
 
 
+def _compare_row(label: str, fns: dict, args, *, rounds: int, calls: int) -> str:
+    """Checks every candidate of ``fns`` against the first (the baseline), times them
+    interleaved and returns one row: each time and the baseline's time ÷ the candidate's."""
+    base, *others = fns
+    ref = fns[base](*args)
+    for name in others:
+        _close(fns[name](*args), ref, f"{label}: {name}")
+    ms = interleaved(fns, args, rounds=rounds, calls=calls)
+    return f"{label}: {base} {ms[base]:.2f} ms, " + ", ".join(
+        f"{name} {ms[name]:.2f} ms ({ms[base] / ms[name]:.2f}×)" for name in others)
+
+
 # --------------------------------------------------------------------------- GroupNorm
 
 
@@ -144,13 +156,9 @@ def probe_groupnorm(quick: bool) -> list[str]:
 
         fns = {"flax": vjp_of(group_norm_flax), "two-stage": vjp_of(group_norm_two_stage),
                "custom_vjp": vjp_of(group_norm_silu_custom_vjp)}
-        ref = fns["flax"](x, scale, bias)
-        for name in ("two-stage", "custom_vjp"):
-            _close(fns[name](x, scale, bias), ref, f"GroupNorm {name} gradient")
-        ms = interleaved(fns, (x, scale, bias), rounds=1 if quick else 5, calls=2 if quick else 30)
-        rows.append(f"GroupNorm+SiLU fwd+bwd B{B} {H}×{H}×{C} G{G}: flax {ms['flax']:.2f} ms, "
-                    f"two-stage {ms['two-stage']:.2f} ms ({ms['flax'] / ms['two-stage']:.2f}×), "
-                    f"custom_vjp {ms['custom_vjp']:.2f} ms ({ms['flax'] / ms['custom_vjp']:.2f}×)")
+        rows.append(_compare_row(f"GroupNorm+SiLU fwd+bwd B{B} {H}×{H}×{C} G{G}", fns,
+                                 (x, scale, bias), rounds=1 if quick else 5,
+                                 calls=2 if quick else 30))
     rows.append(_digits_step_rows(quick, "two-stage GroupNorm in the U-Net", _two_stage_unet))
     rows.append(_digits_step_rows(quick, "candidate = flax's GroupNorm (library: statistics as "
                                          "dots; a ratio < 1 means the library is faster)",
@@ -321,16 +329,11 @@ def probe_wgrad(quick: bool) -> list[str]:
         x = jax.random.normal(k[0], (B, H, H, Ci))
         w = 0.1 * jax.random.normal(k[1], (3, 3, Ci, Co))
         dy = jax.random.normal(k[2], (B, H, H, Co))
-        fns = {"autodiff": jax.jit(wgrad_autodiff), "patches": jax.jit(wgrad_patches_matmul),
+        fns = {"autodiff": jax.jit(wgrad_autodiff),
+               "patches×matmul": jax.jit(wgrad_patches_matmul),
                "9 dots": jax.jit(wgrad_nine_dots)}
-        ref = fns["autodiff"](x, dy, w)
-        for name in ("patches", "9 dots"):
-            _close(fns[name](x, dy, w), ref, f"backward-filter {name}")
-        ms = interleaved(fns, (x, dy, w), rounds=1 if quick else 3, calls=2 if quick else 20)
-        rows.append(f"backward-filter B{B} {H}×{H} {Ci}→{Co}: autodiff {ms['autodiff']:.2f} ms, "
-                    f"patches×matmul {ms['patches']:.2f} ms "
-                    f"({ms['autodiff'] / ms['patches']:.2f}×), 9 dots {ms['9 dots']:.2f} ms "
-                    f"({ms['autodiff'] / ms['9 dots']:.2f}×)")
+        rows.append(_compare_row(f"backward-filter B{B} {H}×{H} {Ci}→{Co}", fns, (x, dy, w),
+                                 rounds=1 if quick else 3, calls=2 if quick else 20))
     return rows
 
 
