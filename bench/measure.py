@@ -149,6 +149,12 @@ def _images(shape, seed: int = 0) -> np.ndarray:
     return (levels / (NUM_LEVELS - 1) * 2.0 - 1.0).astype(np.float32)
 
 
+def _pace(pace, moment: str) -> None:
+    """``pace.before()`` / ``pace.after()`` around a timed repetition, if a pace is given."""
+    if pace is not None:
+        getattr(pace, moment)()
+
+
 def _init(model, image_shape):
     """Initial parameters; jitted, since op-by-op initialisation of a U-Net is slow on CPU."""
     x = jnp.zeros((1, *image_shape), jnp.float32)
@@ -164,12 +170,15 @@ def _apply_fn(model, params):
 
 
 def train_task(*, net: str, image_shape, batch: int, steps: int, warmup: int, devices: int,
-               mode: str, dtype: str, remat: bool) -> dict:
+               mode: str, dtype: str, remat: bool, reps: int = 1, pace=None) -> dict:
     """Images/s of the library's DDPM train step (L_simple, AdamW, linear T = 1000).
 
     The step is ``make_train_step(kinds.ddpm.make_loss(...), make_optimizer(...))`` jitted with the
     state donated by ``ParallelStep`` in ``mode``; each timed step includes putting the host
-    batch on the device(s), as the trainer does.
+    batch on the device(s), as the trainer does. ``reps`` repetitions of ``steps`` steps, each
+    step timed on its own; ``rep_step_s`` is each repetition's median. ``pace`` (see
+    ``run.StdinPace``): ``pace.before()`` / ``pace.after()`` around each repetition, so that the
+    orchestrator can alternate repetitions between worker processes.
     """
     if jax.device_count() < devices:
         raise RuntimeError(f"asked for {devices} devices, JAX sees {jax.device_count()}: "
@@ -200,11 +209,17 @@ def train_task(*, net: str, image_shape, batch: int, steps: int, warmup: int, de
     first_call_s = time.perf_counter() - start
     for _ in range(warmup):
         state, metrics = _block(runner(state, host_batch))
-    times, cpu_start = [], _cpu_s()
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, metrics = _block(runner(state, host_batch))
-        times.append(time.perf_counter() - start)
+    times, rep_times, cpu_start = [], [], _cpu_s()
+    for _ in range(reps):
+        _pace(pace, "before")
+        rep = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            state, metrics = _block(runner(state, host_batch))
+            rep.append(time.perf_counter() - start)
+        _pace(pace, "after")
+        times += rep
+        rep_times.append(rep)
     cores_busy = (_cpu_s() - cpu_start) / sum(times)
     loss = float(metrics["loss"])
     step_s = statistics.median(times)
@@ -213,14 +228,16 @@ def train_task(*, net: str, image_shape, batch: int, steps: int, warmup: int, de
         "mode": mode, "devices": devices, "dtype": dtype, "remat": remat,
         "compile_s": compile_s, "first_call_s": first_call_s,
         "step_s_median": step_s, "step_s_all": times, "images_per_s": batch / step_s,
-        "steps_per_s": 1.0 / step_s, "cores_busy": cores_busy,
+        "steps_per_s": 1.0 / step_s, "cores_busy": cores_busy, "reps": reps,
+        "rep_step_s": [statistics.median(rep) for rep in rep_times], "rep_step_s_all": rep_times,
         "xla_flops_per_step": _cost_flops(compiled), "xla_memory": _memory(compiled),
         "loss_finite": math.isfinite(loss),
     }
 
 
 def train_main_task(*, config: str, steps: int, reps: int, warmup: int,
-                    model_overrides: dict | None = None, distinct_batches: int = 8) -> dict:
+                    model_overrides: dict | None = None, distinct_batches: int = 8,
+                    pace=None) -> dict:
     """Steps/s of the exact train step ``make train`` runs, built from ``config`` as the
     trainer builds it (``diffusion_jax.training.trainer._train``).
 
@@ -234,7 +251,8 @@ def train_main_task(*, config: str, steps: int, reps: int, warmup: int,
     not timed. After compilation, a first call and ``warmup`` untimed steps, ``reps``
     repetitions of ``steps`` steps (rounded up to whole calls) are each timed as a whole, as the
     trainer runs them (dispatched back to back, one wait at the end), and divided by the step
-    count. ``model_overrides`` (the smoke test only) replace ``config.model`` keys.
+    count. ``model_overrides`` (the smoke test only) replace ``config.model`` keys. ``pace``:
+    as in ``train_task``, around each repetition.
     """
     from diffusion_jax.cli import load_config
     from diffusion_jax.data import pipeline
@@ -292,9 +310,11 @@ def train_main_task(*, config: str, steps: int, reps: int, warmup: int,
     steps_per_rep = calls_per_rep * k
     times, cpu_start = [], _cpu_s()
     for _ in range(reps):
+        _pace(pace, "before")
         start = time.perf_counter()
         metrics = run(calls_per_rep)
         times.append((time.perf_counter() - start) / steps_per_rep)
+        _pace(pace, "after")
     cores_busy = (_cpu_s() - cpu_start) / (sum(times) * steps_per_rep)
     loss = np.asarray(metrics["loss"])
     step_s = statistics.median(times)
@@ -311,6 +331,7 @@ def train_main_task(*, config: str, steps: int, reps: int, warmup: int,
         "compile_s": compile_s, "first_call_s": first_call_s,
         "step_s_median": step_s, "step_s_all": times, "images_per_s": batch / step_s,
         "steps_per_s": 1.0 / step_s, "cores_busy": cores_busy,
+        "rep_step_s": times, "rep_step_s_all": [[t] for t in times],
         "xla_flops_per_step": flops, "xla_memory": _memory(compiled),
         "loss_finite": bool(np.all(np.isfinite(loss))),
     }

@@ -240,7 +240,8 @@ def make_train_step(net: str, *, lr: float | None = None, seed: int = 0, dev=Non
 
 
 def train_task_torch(*, net: str, batch: int, steps: int, warmup: int, reps: int = 1,
-                     lr: float | None = None, seed: int = 0, distinct_batches: int = 8) -> dict:
+                     lr: float | None = None, seed: int = 0, distinct_batches: int = 8,
+                     pace=None) -> dict:
     """Time the torch train step of ``net``: ``warmup`` untimed steps after a first (timed) one,
     then ``reps`` repetitions of ``steps`` steps, each repetition timed as a whole (one
     synchronisation at its end) and divided by ``steps``.
@@ -248,7 +249,8 @@ def train_task_torch(*, net: str, batch: int, steps: int, warmup: int, reps: int
     Each step moves a host batch to the device (``torch.from_numpy(...).to(device)``), cycling
     over ``distinct_batches`` prepared batches. Returns the fields of ``measure.train_task``'s
     record (step_s_median, step_s_all, images_per_s, steps_per_s, first_call_s, cores_busy,
-    params, loss_finite) plus the torch versions.
+    params, loss_finite, rep_step_s) plus the torch versions. ``pace`` (see ``run.StdinPace``):
+    ``pace.before()`` / ``pace.after()`` around each repetition.
     """
     dev = device()
     _setup(dev)
@@ -270,11 +272,15 @@ def train_task_torch(*, net: str, batch: int, steps: int, warmup: int, reps: int
     _sync(dev)
     times, cpu_start = [], _cpu_s()
     for _ in range(reps):
+        if pace is not None:
+            pace.before()
         start = time.perf_counter()
         for _ in range(steps):
             loss = one()
         _sync(dev)
         times.append((time.perf_counter() - start) / steps)
+        if pace is not None:
+            pace.after()
     cores_busy = (_cpu_s() - cpu_start) / (sum(times) * steps)
     step_s = statistics.median(times)
     h, w, c = TRAIN[net]["image_shape"]
@@ -284,6 +290,7 @@ def train_task_torch(*, net: str, batch: int, steps: int, warmup: int, reps: int
         "compile_s": None, "first_call_s": first_call_s,
         "step_s_median": step_s, "step_s_all": times, "images_per_s": batch / step_s,
         "steps_per_s": 1.0 / step_s, "cores_busy": cores_busy,
+        "rep_step_s": times, "rep_step_s_all": [[t] for t in times],
         "loss": float(loss), "loss_finite": math.isfinite(float(loss)),
         "settings": dict(TRAIN[net], lr=lr or TRAIN[net]["lr"], image_shape=[h, w, c]),
         **versions(dev),

@@ -386,7 +386,8 @@ def _peer_line(res: dict) -> str:
             f"`UNet2DModel`s of the same networks (eager, device {v.get('device_name')}, "
             f"{v.get('num_threads')} threads, oneDNN {'on' if v.get('mkldnn_available') else 'off'}"
             f"), measured in this run, alternating with ours, {_n(peer.get('rounds'), 'round')} "
-            "(sampling: 1 each).")
+            "(a round: one timed repetition of each measurement's long-lived worker process, in "
+            "turn; sampling: 1 each).")
 
 
 def markdown(res: dict) -> str:
@@ -520,8 +521,9 @@ def markdown(res: dict) -> str:
               "lr 2e-4, L_simple, linear schedule T = 1000: `make_ddpm_loss` + `make_optimizer` + "
               "`make_train_step` run by `ParallelStep` (jit with the state donated; pmap for "
               "mode pmap); each step includes putting the host batch on the device(s). "
-              "Rows measured in rounds alternate with the peer; their numbers are the median over "
-              "the rounds of each round's median step time. "
+              "Rows measured in rounds alternate with the peer (a round: one timed repetition of "
+              "each configuration's long-lived worker process, in turn); their numbers are the "
+              "median over the rounds of each round's median step time. "
               f"Achieved FLOP/s = XLA cost-analysis FLOPs of the step ÷ median step time; the "
               f"float32 matmul peak measured in the same run is {_f(peak, 0)} GFLOP/s.", ""]
     rows = [[r["name"], _f(r["images_per_s"], 1), _rounds_text(r["images_per_s_rounds"], 1),

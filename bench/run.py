@@ -19,9 +19,11 @@ process between measurements whose flags differ only in the device count.
 The peer (``--peer auto``, the default, when torch and diffusers are installed: ``pip install -e
 '.[bench-peer]'``): PyTorch + diffusers ``UNet2DModel``s of the same networks (``peer_torch.py``),
 measured in the same run in their own worker processes (``--worker torch_train``/``torch_sample``;
-they import torch, never jax), alternating with ours: the digits train step ours, torch, ours,
-torch; the benchmark train step (1 device, 2-device sharding) and torch likewise; sampling ours
-then torch. Every ratio to the peer is ours ÷ the peer's median over the rounds of this run.
+they import torch, never jax), alternating with ours in rounds: the digits train step ours,
+torch, ours, torch, ...; the benchmark train step (1 device, 2-device sharding) and torch
+likewise, each measurement in one long-lived worker that runs one timed repetition per round
+when told (``run_paced``); sampling ours then torch. Every ratio to the peer is ours ÷ the peer's
+median over the rounds of this run.
 Without the peer (not installed, or ``--peer off``) those ratios are reported as unavailable and
 the bench still succeeds. This orchestrator imports neither jax nor torch.
 
@@ -49,6 +51,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULT_PREFIX = "BENCH_RESULT "
+# The paced worker's lines (``StdinPace``): ready for a timed repetition / done with it.
+PACE_READY = "BENCH_PACE ready"
+PACE_DONE = "BENCH_PACE done"
+# Seconds between one worker's repetition and the next worker's (lets the last one's threads
+# go idle: torch's OpenMP workers spin for a while after a parallel region).
+PACE_GAP_S = 0.2
 
 # Sends convolutions and dots to XLA's multi-threaded Eigen path instead of single-threaded
 # YNNPACK fusions (PLATFORM.md: the biggest single lever on this CPU). On for every worker
@@ -72,18 +80,21 @@ GPU_SKIP_FLAGS = "skipped on {platform}: a CPU-only XLA flag variant"
 
 SIZES = {
     "full": {
-        # Rounds of the alternating comparisons with the peer (ours, peer, ours, peer).
-        "rounds": 2,
-        # The digits train step of `make train` (built from DIGITS_CONFIG), ~0.1 s per step:
-        # 3 repetitions of 60 steps after 10 warm-up steps.
-        "digits": dict(config=DIGITS_CONFIG, steps=60, reps=3, warmup=10),
-        "train": dict(net="benchmark", image_shape=BENCH_SHAPE, batch=64, steps=5, warmup=1),
+        # Rounds of the alternating comparisons (ours, peer, ours, peer, ...): one round = one
+        # timed repetition of each long-lived worker of the group (``run_paced``).
+        "rounds": 8,
+        # The digits train step of `make train` (built from DIGITS_CONFIG), ~0.06 s per step:
+        # repetitions of 40 steps after 10 warm-up steps (one per round; 3 for a lone worker).
+        "digits": dict(config=DIGITS_CONFIG, steps=40, reps=3, warmup=10),
+        # The benchmark U-Net, ~0.9 s per step: repetitions of 2 steps (each timed) after 1.
+        "train": dict(net="benchmark", image_shape=BENCH_SHAPE, batch=64, steps=2, reps=3,
+                      warmup=1),
         "sample": dict(net="benchmark", image_shape=BENCH_SHAPE, batch=16, T=1000, steps=100,
                        reps=3),
         # The peer, timed as our side of each comparison.
         "peer_train": {
-            "digits": dict(net="digits", batch=64, steps=60, reps=3, warmup=10),
-            "benchmark": dict(net="benchmark", batch=64, steps=1, reps=5, warmup=1),
+            "digits": dict(net="digits", batch=64, steps=40, reps=3, warmup=10),
+            "benchmark": dict(net="benchmark", batch=64, steps=2, reps=3, warmup=1),
         },
         "peer_sample": dict(net="benchmark", batch=16, T=1000, steps=100, reps=3),
         "elbo": {
@@ -113,7 +124,7 @@ SIZES = {
         "digits": dict(config=DIGITS_CONFIG, steps=2, reps=1, warmup=1,
                        model_overrides=dict(ch=8, ch_mult=(1,), num_groups=2,
                                             mid_attention=False)),
-        "train": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=8, steps=2, warmup=1),
+        "train": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=8, steps=2, reps=1, warmup=1),
         "sample": dict(net="mlp", image_shape=DIGITS_SHAPE, batch=2, T=1000, steps=4, reps=2),
         "peer_train": {
             "digits": dict(net="digits", batch=8, steps=2, reps=1, warmup=1),
@@ -223,6 +234,34 @@ def _emit(out: dict, job: dict, index: int, jobs: list[dict], start: float) -> N
     print(RESULT_PREFIX + json.dumps(out), flush=True)
 
 
+class StdinPace:
+    """Lets the orchestrator alternate timed repetitions between long-lived worker processes.
+
+    Before each repetition the worker prints ``PACE_READY`` and blocks on stdin until the line
+    ``go`` (a blocked worker uses no CPU); after it, it prints ``PACE_DONE``. ``started``: the
+    Unix time each repetition began (the worker reports them as ``rep_started_unix``)."""
+
+    def __init__(self) -> None:
+        self.started: list[float] = []
+
+    def before(self) -> None:
+        print(PACE_READY, flush=True)
+        line = sys.stdin.readline()
+        if line.strip() != "go":
+            raise RuntimeError(f"paced worker: expected 'go' on stdin, got {line!r}")
+        self.started.append(time.time())
+
+    def after(self) -> None:
+        print(PACE_DONE, flush=True)
+
+
+def _paced(job: dict) -> dict:
+    """A paced job's keyword arguments: its repetitions and the pace (none for a lone job)."""
+    if "paced_reps" not in job:
+        return {}
+    return {"reps": job["paced_reps"], "pace": StdinPace()}
+
+
 def run_torch_worker(jobs: list[dict], quick: bool) -> None:
     """Runs peer ``jobs`` in this process (torch and diffusers; jax is never imported)."""
     import peer_torch
@@ -230,12 +269,16 @@ def run_torch_worker(jobs: list[dict], quick: bool) -> None:
     sizes = SIZES["quick" if quick else "full"]
     for index, job in enumerate(jobs):
         start = time.perf_counter()
+        paced = _paced(job)
         if job["worker"] == "torch_train":
-            out = peer_torch.train_task_torch(**sizes["peer_train"][job.get("net", "benchmark")])
+            out = peer_torch.train_task_torch(**{**sizes["peer_train"][job.get("net", "benchmark")],
+                                                 **paced})
         elif job["worker"] == "torch_sample":
             out = peer_torch.sample_task_torch(**sizes["peer_sample"])
         else:
             raise ValueError(f"unknown torch worker task {job['worker']!r}")
+        if paced:
+            out["rep_started_unix"] = paced["pace"].started
         _emit(out, job, index, jobs, start)
 
 
@@ -257,10 +300,12 @@ def run_worker(jobs: list[dict], quick: bool) -> None:
     for index, job in enumerate(jobs):
         start = time.perf_counter()
         task = job["worker"]
+        paced = _paced(job)
         if task == "train" and job.get("net") == "digits_main":
-            out = measure.train_main_task(**sizes["digits"])
+            out = measure.train_main_task(**{**sizes["digits"], **paced})
         elif task == "train":
-            out = measure.train_task(**sizes["train"], devices=job.get("devices", 1),
+            out = measure.train_task(**{**sizes["train"], **paced},
+                                     devices=job.get("devices", 1),
                                      mode=job.get("mode", "none"),
                                      dtype=job.get("dtype", "float32"),
                                      remat=job.get("remat", False))
@@ -274,6 +319,8 @@ def run_worker(jobs: list[dict], quick: bool) -> None:
             raise ValueError(f"unknown worker task {task!r}")
         out.update(xla_flags=flags, jax_devices=jax.device_count(), platform=jax.default_backend(),
                    platform_detected=platform_name, device_kind=device.device_kind)
+        if paced:
+            out["rep_started_unix"] = paced["pace"].started
         _emit(out, job, index, jobs, start)
 
 
@@ -287,8 +334,9 @@ def build_jobs(quick: bool, variants: bool, all_variants: bool = False, *, peer:
     With ``peer`` the comparisons alternate, ``rounds`` times: the digits train step (ours,
     torch), the benchmark train step (our configs of ``train_configs``, torch); then sampling
     (ours, torch). Each job has ``side`` ("ours" or "peer") and, in the alternating groups,
-    ``round``. On a non-CPU platform a job that needs a CPU-only XLA setting carries ``skip``
-    (the reason) and is not run.
+    ``round`` and ``paced``: the rounds of one measurement are the timed repetitions of one
+    long-lived worker, run in the order of this list (``run_paced``). On a non-CPU platform a
+    job that needs a CPU-only XLA setting carries ``skip`` (the reason) and is not run.
     """
     key = "quick" if quick else "full"
     sizes = SIZES[key]
@@ -300,19 +348,20 @@ def build_jobs(quick: bool, variants: bool, all_variants: bool = False, *, peer:
         jobs.append(dict(group="peak", name="matmul peak, jaxlib default", worker="peak",
                          ynn=False))
     for r in range(1, rounds + 1):
-        jobs.append(dict(group="digits", side="ours", round=r, worker="train", net="digits_main",
-                         name="digits train step (make train)"))
+        jobs.append(dict(group="digits", side="ours", round=r, paced=True, worker="train",
+                         net="digits_main", name="digits train step (make train)"))
         if peer:
-            jobs.append(dict(group="digits", side="peer", round=r, worker="torch_train",
-                             net="digits", name="torch digits train step"))
+            jobs.append(dict(group="digits", side="peer", round=r, paced=True,
+                             worker="torch_train", net="digits", name="torch digits train step"))
     for r in range(1, rounds + 1):
         for mode, devices in sizes["train_configs"]:
-            jobs.append(dict(group="train", side="ours", round=r, alternated=True,
+            jobs.append(dict(group="train", side="ours", round=r, alternated=True, paced=True,
                              name=f"{mode}, {devices} device{'s' * (devices > 1)}",
                              worker="train", net="benchmark", mode=mode, devices=devices))
         if peer:
-            jobs.append(dict(group="train", side="peer", round=r, worker="torch_train",
-                             net="benchmark", name="torch benchmark train step"))
+            jobs.append(dict(group="train", side="peer", round=r, paced=True,
+                             worker="torch_train", net="benchmark",
+                             name="torch benchmark train step"))
     once = sizes["train_configs_once"] + (sizes["train_configs_extra"] if all_variants else [])
     for mode, devices in once:
         jobs.append(dict(group="train", side="ours", round=1, alternated=False,
@@ -336,22 +385,31 @@ def build_jobs(quick: bool, variants: bool, all_variants: bool = False, *, peer:
 
 
 def group_jobs(jobs: list[dict], quick: bool) -> list[list[dict]]:
-    """One process per job (own peak RSS); --quick shares a process between jobs whose flags
-    differ at most in the device count (peer jobs: one process of their own), to keep the smoke
-    test short."""
-    if not quick:
-        return [[job] for job in jobs]
-    groups: dict[tuple, list[dict]] = {}
+    """The units the orchestrator runs, in the order of their first job.
+
+    The paced jobs of a group (the rounds of an alternating comparison) form one unit, run by
+    ``run_paced`` (one process per measurement). Otherwise one process per job (own peak RSS);
+    --quick shares a process between jobs whose flags differ at most in the device count (peer
+    jobs: one process of their own), to keep the smoke test short."""
+    first = {id(job): i for i, job in enumerate(jobs)}
+    paced: dict[str, list[dict]] = {}
     for job in jobs:
-        peer = job["worker"].startswith("torch")
-        groups.setdefault((peer, job.get("ynn", True), job.get("extra", "")), []).append(job)
-    return list(groups.values())
+        if job.get("paced"):
+            paced.setdefault(job["group"], []).append(job)
+    plain = [job for job in jobs if not job.get("paced")]
+    if not quick:
+        units = [[job] for job in plain]
+    else:
+        groups: dict[tuple, list[dict]] = {}
+        for job in plain:
+            peer = job["worker"].startswith("torch")
+            groups.setdefault((peer, job.get("ynn", True), job.get("extra", "")), []).append(job)
+        units = list(groups.values())
+    return sorted([*paced.values(), *units], key=lambda unit: first[id(unit[0])])
 
 
 def run_group(jobs: list[dict], quick: bool, timeout: float) -> list[dict]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--worker-jobs", json.dumps(jobs)]
-    if quick:
-        argv.append("--quick")
+    argv = _worker_argv(jobs, quick)
     start = time.perf_counter()
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
@@ -375,6 +433,108 @@ def run_group(jobs: list[dict], quick: bool, timeout: float) -> list[dict]:
             records.append(dict(job, result=found[i], wall_s=found[i]["worker_wall_s"]))
         else:
             records.append(dict(job, error=error, wall_s=wall))
+    return records
+
+
+def _worker_argv(jobs: list[dict], quick: bool) -> list[str]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker-jobs", json.dumps(jobs)]
+    return argv + ["--quick"] if quick else argv
+
+
+def run_paced(jobs: list[dict], quick: bool, timeout: float) -> list[dict]:
+    """The rounds of an alternating comparison, as repetitions of long-lived workers.
+
+    ``jobs`` (one per round and measurement, in the order they should run) map to one worker
+    process per measurement (side and name), asked for as many timed repetitions as it has
+    rounds. The workers are started one after the other, each set up (compiled, warmed up)
+    while the others wait, then told in the order of ``jobs`` to run one repetition each
+    (``StdinPace``), ``PACE_GAP_S`` apart: a slow spell of the machine hits the rounds of
+    every side alike instead of one side's whole process. Each job's record holds its worker's
+    result with that repetition's step time (``rep_step_s[k]``) as the round's."""
+    import tempfile
+    import threading
+
+    workers: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        workers.setdefault((job["side"], job["name"]), []).append(i)
+    procs, logs, results, errors, ready = {}, {}, {}, {}, {}
+    timed_out = threading.Event()
+
+    def kill_all():
+        timed_out.set()
+        for proc in procs.values():
+            proc.kill()
+
+    def fail(key, what):
+        proc = procs[key]
+        proc.kill()
+        proc.wait()
+        logs[key].seek(0)
+        tail = "\n".join(logs[key].read().strip().splitlines()[-15:])
+        errors[key] = (f"timed out after {timeout:.0f} s" if timed_out.is_set()
+                       else f"paced worker {what} (exit {proc.returncode}):\n{tail}")
+
+    def read_until(key, marker) -> bool:
+        for line in procs[key].stdout:
+            if line.startswith(RESULT_PREFIX):
+                results[key] = json.loads(line[len(RESULT_PREFIX):])
+            if line.strip() == marker:
+                return True
+        return False
+
+    watchdog = threading.Timer(timeout, kill_all)
+    watchdog.start()
+    start = time.perf_counter()
+    try:
+        for key, indices in workers.items():
+            job = dict(jobs[indices[0]], paced_reps=len(indices))
+            logs[key] = tempfile.TemporaryFile("w+")  # stderr: a file, never a full pipe
+            procs[key] = subprocess.Popen(_worker_argv([job], quick), stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=logs[key], text=True,
+                                          cwd=HERE.parent, bufsize=1)
+            ready[key] = read_until(key, PACE_READY)
+            if not ready[key]:
+                fail(key, "failed during its set-up")
+        for job in jobs:
+            key = (job["side"], job["name"])
+            if key in errors:
+                continue
+            if not ready[key] and not read_until(key, PACE_READY):
+                fail(key, f"stopped before round {job.get('round')}")
+                continue
+            procs[key].stdin.write("go\n")
+            procs[key].stdin.flush()
+            ready[key] = False
+            if not read_until(key, PACE_DONE):
+                fail(key, f"failed in round {job.get('round')}")
+                continue
+            time.sleep(PACE_GAP_S)
+        for key, proc in procs.items():
+            if key in errors:
+                continue
+            proc.stdin.close()
+            read_until(key, None)  # to the end: the result line
+            if proc.wait() != 0 or key not in results:
+                fail(key, "exited without its result")
+    finally:
+        watchdog.cancel()
+        for key, proc in procs.items():
+            if proc.poll() is None:
+                proc.kill()
+            logs[key].close()
+    wall = time.perf_counter() - start
+    records = [None] * len(jobs)
+    for key, indices in workers.items():
+        for k, i in enumerate(indices):
+            if key in errors:
+                records[i] = dict(jobs[i], error=errors[key], wall_s=wall / len(jobs))
+                continue
+            result = results[key]
+            step_s = result["rep_step_s"][k]
+            records[i] = dict(jobs[i], wall_s=result["worker_wall_s"] / len(indices), result=dict(
+                result, step_s_median=step_s, step_s_all=result["rep_step_s_all"][k],
+                steps_per_s=1.0 / step_s, images_per_s=result["batch"] / step_s, rep=k + 1,
+                started_unix=result["rep_started_unix"][k]))
     return records
 
 
@@ -465,6 +625,8 @@ def main(argv=None) -> int:
     peer = peer_status(args.peer)
     jobs = build_jobs(args.quick, not args.skip_variants, args.all_variants,
                       peer=peer["measured"], platform_name=platform_name)
+    for order, job in enumerate(jobs):
+        job["order"] = order  # the records go back into this order (the report's row order)
     done = [dict(job, skipped=job["skip"], wall_s=0.0) for job in jobs if "skip" in job]
     groups = group_jobs([job for job in jobs if "skip" not in job], args.quick)
     if not peer["measured"]:
@@ -473,16 +635,30 @@ def main(argv=None) -> int:
         names = ", ".join(f"{job['group']}: {job.get('name', job['worker'])}"
                           + (f" (round {job['round']})" if "round" in job else "")
                           for job in group)
+        if group[0].get("paced"):
+            names = ", ".join(dict.fromkeys(job["name"] for job in group))
+            rounds = max(job.get("round", 1) for job in group)
+            names = (f"{group[0]['group']}: {names}, alternating, "
+                     f"{rounds} round{'s' * (rounds > 1)} (one worker each)")
         print(f"[bench {i}/{len(groups)}] {names} ...", file=sys.stderr, flush=True)
-        records = run_group(group, args.quick, timeout * len(group))
-        for record in records:
-            status = "FAILED" if "error" in record else "ok"
+        if group[0].get("paced"):
+            n_workers = len({(job["side"], job["name"]) for job in group})
+            records = run_paced(group, args.quick, timeout * n_workers)
+        else:
+            records = run_group(group, args.quick, timeout * len(group))
+        walls: dict[str, list] = {}
+        for record in records:  # one line per measurement (paced: its rounds together)
             name = record.get("name", record["worker"])
-            print(f"    {name}: {status} in {record['wall_s']:.1f} s", file=sys.stderr, flush=True)
+            walls.setdefault(name, []).append(record)
+        for name, recs in walls.items():
+            status = "FAILED" if any("error" in r for r in recs) else "ok"
+            wall = sum(r["wall_s"] for r in recs)
+            print(f"    {name}: {status} in {wall:.1f} s", file=sys.stderr, flush=True)
         errors = {record["error"] for record in records if "error" in record}
         for error in errors:
             print(error, file=sys.stderr)
         done += records
+    done.sort(key=lambda record: record["order"])
     total = time.perf_counter() - t0
     sizes = SIZES["quick" if args.quick else "full"]
     meta = {

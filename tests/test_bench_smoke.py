@@ -341,6 +341,38 @@ def test_gpu_platform_skips_cpu_only_settings(monkeypatch):
         assert bench_run.detect_platform() == expected
 
 
+def test_paced_rounds_alternate_between_long_lived_workers():
+    """run_paced: one worker per measurement, its repetitions started in the job order (round 1
+    of each, then round 2 of each), each record carrying that repetition's step time."""
+    jobs = [dict(group="train", side="ours", round=r, paced=True, alternated=True, name=name,
+                 worker="train", net="mlp", mode=mode, devices=devices)
+            for r in (1, 2) for name, mode, devices in (("none, 1 device", "none", 1),
+                                                        ("sharding, 2 devices", "sharding", 2))]
+    records = bench_run.run_paced(jobs, True, timeout=300)
+    assert all("error" not in r for r in records), [r.get("error") for r in records]
+    assert [(r["name"], r["round"], r["result"]["rep"]) for r in records] == [
+        (job["name"], job["round"], job["round"]) for job in jobs]
+    started = [r["result"]["started_unix"] for r in records]
+    assert started == sorted(started)  # the repetitions ran in the order of the jobs
+    for r in records:
+        res = r["result"]
+        assert res["reps"] == 2 and len(res["rep_step_s"]) == 2
+        assert res["step_s_median"] == res["rep_step_s"][r["round"] - 1]
+        assert res["step_s_median"] == pytest.approx(statistics.median(res["step_s_all"]))
+        assert res["images_per_s"] == pytest.approx(res["batch"] / res["step_s_median"])
+    assert {r["result"]["jax_devices"] for r in records} == {1, 2}
+
+
+def test_a_paced_worker_that_fails_is_an_error_for_its_rounds_only():
+    jobs = [dict(group="train", side="ours", round=1, paced=True, name="broken",
+                 worker="train", net="mlp", mode="none", devices=1, dtype="float13"),
+            dict(group="train", side="ours", round=1, paced=True, name="fine",
+                 worker="train", net="mlp", mode="none", devices=1)]
+    broken, fine = bench_run.run_paced(jobs, True, timeout=300)
+    assert "set-up" in broken["error"] and "float13" in broken["error"]
+    assert "error" not in fine and fine["result"]["rep"] == 1
+
+
 def test_winograd_probe_computes_the_same_convolution():
     """bench/winograd_probe.py times a Winograd F(2×2, 3×3) convolution: it must be the same conv."""
     sys.path.insert(0, str(ROOT / "bench"))

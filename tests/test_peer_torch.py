@@ -200,6 +200,16 @@ def test_jobs_alternate_ours_and_the_peer():
     without = bench_run.build_jobs(False, True, peer=False)
     assert [job for job in jobs if job["side"] == "ours"] == without
     assert all(not job["worker"].startswith("torch") for job in without)
-    # Peer jobs get processes of their own, also in --quick.
-    for group in bench_run.group_jobs(bench_run.build_jobs(True, True, peer=True), True):
-        assert len({job["worker"].startswith("torch") for job in group}) == 1
+    # The alternating groups are paced units (one long-lived worker per measurement, its
+    # rounds in the job order); other peer jobs get processes of their own, also in --quick.
+    for quick in (True, False):
+        units = bench_run.group_jobs(bench_run.build_jobs(quick, True, peer=True), quick)
+        paced = [unit for unit in units if unit[0].get("paced")]
+        assert [unit[0]["group"] for unit in paced] == ["digits", "train"]
+        for unit in paced:
+            assert all(job.get("paced") for job in unit)
+            assert unit == [job for job in bench_run.build_jobs(quick, True, peer=True)
+                            if job["group"] == unit[0]["group"] and job.get("paced")]
+        for unit in units:
+            if not unit[0].get("paced"):
+                assert len({job["worker"].startswith("torch") for job in unit}) == 1
