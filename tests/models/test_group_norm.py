@@ -60,11 +60,12 @@ def test_unet_is_the_same_function_as_with_flax_group_norm(monkeypatch):
     def loss(p):
         return jnp.mean(jnp.square(model.apply({"params": p}, x, t, train=False) - x))
 
-    value, grad = jax.value_and_grad(loss)(params)
+    # Jitted (op by op this test took ~45 s); each jit traces anew, so the patch below applies.
+    value, grad = jax.jit(jax.value_and_grad(loss))(params)
     monkeypatch.setattr(unet, "_group_norm", lambda channels, num_groups, dtype, param_dtype,
                         name: nn.GroupNorm(num_groups=unet.group_count(channels, num_groups),
                                            epsilon=1e-6, name=name))
-    value_ref, grad_ref = jax.value_and_grad(loss)(params)
+    value_ref, grad_ref = jax.jit(jax.value_and_grad(loss))(params)
     np.testing.assert_allclose(value, value_ref, rtol=1e-5)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grad), jax.tree.leaves(grad_ref),
                             strict=True):
