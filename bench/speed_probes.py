@@ -12,6 +12,10 @@ Probes:
              group) and against a hand-written ``jax.custom_vjp`` backward; then the whole
              ddpm_digits train step (whose GroupNorm computes the statistics as dots, the
              library's since issue 15) against the two-stage one and against flax's.
+  gnbackward the library's dot GroupNorm with a hand-written backward, as a ``jax.custom_vjp``
+             (no forward mode) and as a ``jax.custom_jvp`` (JAX transposes the tangent map):
+             gradients (and jvps) against the library's, then the whole ddpm_digits and
+             benchmark U-Net train steps.
   wgrad      backward-filter 3×3 convolutions: XLA's autodiff (the library) against patches ×
              matmul (one dot over the im2col matrix) and nine shifted dots.
   multistep  k = 4 train-step gradients of the ddpm_digits U-Net: 4 calls against one
@@ -164,13 +168,13 @@ def probe_groupnorm(quick: bool) -> list[str]:
                                          "dots; a ratio < 1 means the library is faster)",
                                   _flax_unet))
     if not quick:
-        rows.append(_benchmark_step_row())
+        rows.append(_benchmark_step_row("two-stage GroupNorm", _two_stage_unet))
     return rows
 
 
-def _benchmark_step_row():
-    """The benchmark U-Net's train step (28×28, batch 64) with flax's and the two-stage
-    GroupNorm, compiled each under its own GroupNorm, timed interleaved."""
+def _benchmark_step_row(label, patch):
+    """The benchmark U-Net's train step (28×28, batch 64) with the library's GroupNorm and under
+    ``patch``, each compiled under its own GroupNorm, timed interleaved."""
     from diffusion_jax.models import unet_benchmark
     from diffusion_jax.training import kinds
     from diffusion_jax.training.config import base_config
@@ -192,17 +196,17 @@ def _benchmark_step_row():
         return jax.jit(step).lower(state, batch).compile()
 
     step_a = compiled()
-    undo = _two_stage_unet()
+    undo = patch()
     try:
         step_b = compiled()
     finally:
         undo()
     _close(step_b(state, batch)[0].params, step_a(state, batch)[0].params, "benchmark step",
            rtol=1e-3)
-    ms = interleaved({"flax": lambda s: step_a(s, batch)[1], "two": lambda s: step_b(s, batch)[1]},
-                     (state,), rounds=4, calls=3)
-    return (f"benchmark U-Net train step, two-stage GroupNorm: flax {ms['flax']:.0f} ms, "
-            f"two-stage {ms['two']:.0f} ms ({ms['flax'] / ms['two']:.2f}×)")
+    ms = interleaved({"library": lambda s: step_a(s, batch)[1],
+                      "candidate": lambda s: step_b(s, batch)[1]}, (state,), rounds=4, calls=3)
+    return (f"benchmark U-Net train step, {label}: library {ms['library']:.0f} ms, candidate "
+            f"{ms['candidate']:.0f} ms ({ms['library'] / ms['candidate']:.2f}×)")
 
 
 class _TwoStageGroupNorm(nn.Module):
@@ -286,6 +290,134 @@ def _digits_step_rows(quick, label, patch):
                      rounds=1 if quick else 5, calls=2 if quick else 30)
     return (f"ddpm_digits train step, {label}: library {ms['library']:.1f} ms, candidate "
             f"{ms['candidate']:.1f} ms ({ms['library'] / ms['candidate']:.2f}×)")
+
+
+# --------------------------------------------------------------------------- GroupNorm backward
+
+
+def _gn_member(x, groups):
+    """The (C, G) group-membership matrix and the number of elements per group."""
+    B, H, W, C = x.shape
+    member = (jnp.arange(C)[:, None] // (C // groups) == jnp.arange(groups)[None, :]).astype(
+        jnp.float32)
+    return member, H * W * (C // groups)
+
+
+def _gn_stats(x, groups, eps):
+    """Group membership (C, G), elements per group, and mean and 1/std per (b, c)."""
+    B, H, W, C = x.shape
+    member, n = _gn_member(x, groups)
+    flat = x.reshape(B, H * W, C)
+    mean = jnp.einsum("bpc,cg->bg", flat, member) / n
+    mean_sq = jnp.einsum("bpc,cg->bg", flat * flat, member) / n
+    rstd = lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)
+    return member, n, mean @ member.T, rstd @ member.T
+
+
+def _gn_apply(x, scale, bias, groups, eps):
+    _, _, mean_c, rstd_c = _gn_stats(x, groups, eps)
+    a = rstd_c * scale
+    return x * a[:, None, None, :] + (bias - mean_c * a)[:, None, None, :]
+
+
+def _gn_sums(x, g, mean_c, rstd_c):
+    """Σ_p g and Σ_p x̂·g per (b, c) (p: the H·W positions), for a tangent or cotangent g of x:
+    with them, dy (or dx) = g·A + x·P + Q with per-(b, c) coefficients."""
+    sum_g = jnp.sum(g, axis=(1, 2))
+    sum_xg = jnp.sum(x * g, axis=(1, 2))
+    sum_xhat_g = rstd_c * (sum_xg - mean_c * sum_g)
+    return sum_g, sum_xhat_g
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm_custom_vjp(x, scale, bias, groups, eps=1e-6):
+    return _gn_apply(x, scale, bias, groups, eps)
+
+
+def _gn_vjp_fwd(x, scale, bias, groups, eps):
+    _, _, mean_c, rstd_c = _gn_stats(x, groups, eps)
+    a = rstd_c * scale
+    y = x * a[:, None, None, :] + (bias - mean_c * a)[:, None, None, :]
+    return y, (x, scale, mean_c, rstd_c)
+
+
+def _gn_vjp_bwd(groups, eps, res, g):
+    x, scale, mean_c, rstd_c = res
+    member, n = _gn_member(x, groups)
+    sum_g, sum_xhat_g = _gn_sums(x, g, mean_c, rstd_c)
+    m1 = ((sum_g * scale) @ member / n) @ member.T  # group mean of g·scale
+    m2 = ((sum_xhat_g * scale) @ member / n) @ member.T  # ... of g·scale·x̂
+    A = rstd_c * scale
+    P = -rstd_c * rstd_c * m2
+    Q = -rstd_c * m1 + rstd_c * rstd_c * mean_c * m2
+    dx = g * A[:, None, None, :] + x * P[:, None, None, :] + Q[:, None, None, :]
+    return dx, jnp.sum(sum_xhat_g, 0), jnp.sum(sum_g, 0)
+
+
+group_norm_custom_vjp.defvjp(_gn_vjp_fwd, _gn_vjp_bwd)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def group_norm_custom_jvp(x, scale, bias, groups, eps=1e-6):
+    return _gn_apply(x, scale, bias, groups, eps)
+
+
+@group_norm_custom_jvp.defjvp
+def _gn_jvp(groups, eps, primals, tangents):
+    (x, scale, bias), (dx, ds, db) = primals, tangents
+    member, n, mean_c, rstd_c = _gn_stats(x, groups, eps)
+    a = rstd_c * scale
+    y = x * a[:, None, None, :] + (bias - mean_c * a)[:, None, None, :]
+    sum_dx, sum_xhat_dx = _gn_sums(x, dx, mean_c, rstd_c)
+    e1 = (sum_dx @ member / n) @ member.T
+    e2 = (sum_xhat_dx @ member / n) @ member.T
+    P = -rstd_c * rstd_c * scale * e2 + rstd_c * ds
+    Q = -rstd_c * scale * e1 + mean_c * rstd_c * rstd_c * scale * e2 - mean_c * rstd_c * ds + db
+    return y, dx * a[:, None, None, :] + x * P[:, None, None, :] + Q[:, None, None, :]
+
+
+def _patch_group_norm(fn):
+    from diffusion_jax.models import unet
+
+    def patch():
+        original = unet.group_norm
+        unet.group_norm = fn
+        return lambda: setattr(unet, "group_norm", original)
+    return patch
+
+
+def probe_gn_backward(quick: bool) -> list[str]:
+    from diffusion_jax.models.unet import group_norm
+
+    for B, H, C, G in [(4, 8, 32, 8), (3, 4, 64, 8), (2, 28, 32, 8)]:
+        k = jax.random.split(jax.random.key(0), 5)
+        x = 2 * jax.random.normal(k[0], (B, H, H, C)) + 0.5
+        scale = 1 + 0.1 * jax.random.normal(k[1], (C,))
+        bias = 0.1 * jax.random.normal(k[2], (C,))
+        ct, v = jax.random.normal(k[3], x.shape), jax.random.normal(k[4], x.shape)
+
+        def loss(x, s, b, fn, G=G, ct=ct):
+            return jnp.sum(jax.nn.silu(fn(x, s, b, G, 1e-6)) * ct)
+
+        want = jax.grad(loss, (0, 1, 2))(x, scale, bias, group_norm)
+        for fn in (group_norm_custom_vjp, group_norm_custom_jvp):
+            for a, b in zip(want, jax.grad(loss, (0, 1, 2))(x, scale, bias, fn), strict=True):
+                _close(b, a, f"{fn.__name__} gradient", rtol=2e-4)
+        jvp_want = jax.jvp(functools.partial(group_norm, scale=scale, bias=bias, num_groups=G),
+                           (x,), (v,))[1]
+        jvp_got = jax.jvp(lambda x, s=scale, b=bias, G=G: group_norm_custom_jvp(x, s, b, G),
+                          (x,), (v,))[1]
+        _close(jvp_got, jvp_want, "custom_jvp tangent", rtol=2e-4)
+    rows = [_digits_step_rows(quick, "custom_vjp GroupNorm backward",
+                              _patch_group_norm(group_norm_custom_vjp)),
+            _digits_step_rows(quick, "custom_jvp GroupNorm tangent map",
+                              _patch_group_norm(group_norm_custom_jvp))]
+    if not quick:
+        rows += [_benchmark_step_row("custom_vjp GroupNorm backward",
+                                     _patch_group_norm(group_norm_custom_vjp)),
+                 _benchmark_step_row("custom_jvp GroupNorm tangent map",
+                                     _patch_group_norm(group_norm_custom_jvp))]
+    return rows
 
 
 # --------------------------------------------------------------------------- backward-filter
@@ -385,8 +517,8 @@ def probe_optimizer(quick: bool) -> list[str]:
             f"{ms['flat']:.1f} ms ({ms['per leaf'] / ms['flat']:.2f}×)"]
 
 
-PROBES = {"groupnorm": probe_groupnorm, "wgrad": probe_wgrad, "multistep": probe_multistep,
-          "optimizer": probe_optimizer}
+PROBES = {"groupnorm": probe_groupnorm, "gnbackward": probe_gn_backward, "wgrad": probe_wgrad,
+          "multistep": probe_multistep, "optimizer": probe_optimizer}
 
 
 def main(argv=None) -> int:
