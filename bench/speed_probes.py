@@ -44,6 +44,9 @@ import optax  # noqa: E402
 from flax import linen as nn  # noqa: E402
 from jax import lax  # noqa: E402
 
+from diffusion_jax.models.unet import group_norm as LIBRARY_GROUP_NORM  # noqa: E402
+from diffusion_jax.models.unet import group_statistics  # noqa: E402
+
 DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -295,27 +298,15 @@ def _digits_step_rows(quick, label, patch):
 # --------------------------------------------------------------------------- GroupNorm backward
 
 
-def _gn_member(x, groups):
-    """The (C, G) group-membership matrix and the number of elements per group."""
-    B, H, W, C = x.shape
-    member = (jnp.arange(C)[:, None] // (C // groups) == jnp.arange(groups)[None, :]).astype(
-        jnp.float32)
-    return member, H * W * (C // groups)
-
-
-def _gn_stats(x, groups, eps):
-    """Group membership (C, G), elements per group, and mean and 1/std per (b, c)."""
-    B, H, W, C = x.shape
-    member, n = _gn_member(x, groups)
-    flat = x.reshape(B, H * W, C)
-    mean = jnp.einsum("bpc,cg->bg", flat, member) / n
-    mean_sq = jnp.einsum("bpc,cg->bg", flat * flat, member) / n
-    rstd = lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)
+def _gn_per_channel(x, groups, eps):
+    """The library's group statistics (``models.unet.group_statistics``) spread to the channels:
+    the membership matrix, elements per group, and μ and 1/σ per (b, c)."""
+    member, mean, rstd = group_statistics(x, groups, eps)
+    n = x.shape[1] * x.shape[2] * (x.shape[-1] // groups)
     return member, n, mean @ member.T, rstd @ member.T
 
 
-def _gn_apply(x, scale, bias, groups, eps):
-    _, _, mean_c, rstd_c = _gn_stats(x, groups, eps)
+def _gn_affine(x, scale, bias, mean_c, rstd_c):
     a = rstd_c * scale
     return x * a[:, None, None, :] + (bias - mean_c * a)[:, None, None, :]
 
@@ -331,19 +322,17 @@ def _gn_sums(x, g, mean_c, rstd_c):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm_custom_vjp(x, scale, bias, groups, eps=1e-6):
-    return _gn_apply(x, scale, bias, groups, eps)
+    return LIBRARY_GROUP_NORM(x, scale, bias, groups, eps)
 
 
 def _gn_vjp_fwd(x, scale, bias, groups, eps):
-    _, _, mean_c, rstd_c = _gn_stats(x, groups, eps)
-    a = rstd_c * scale
-    y = x * a[:, None, None, :] + (bias - mean_c * a)[:, None, None, :]
-    return y, (x, scale, mean_c, rstd_c)
+    member, n, mean_c, rstd_c = _gn_per_channel(x, groups, eps)
+    return _gn_affine(x, scale, bias, mean_c, rstd_c), (x, scale, member, mean_c, rstd_c)
 
 
 def _gn_vjp_bwd(groups, eps, res, g):
-    x, scale, mean_c, rstd_c = res
-    member, n = _gn_member(x, groups)
+    x, scale, member, mean_c, rstd_c = res
+    n = x.shape[1] * x.shape[2] * (x.shape[-1] // groups)
     sum_g, sum_xhat_g = _gn_sums(x, g, mean_c, rstd_c)
     m1 = ((sum_g * scale) @ member / n) @ member.T  # group mean of g·scale
     m2 = ((sum_xhat_g * scale) @ member / n) @ member.T  # ... of g·scale·x̂
@@ -359,18 +348,18 @@ group_norm_custom_vjp.defvjp(_gn_vjp_fwd, _gn_vjp_bwd)
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def group_norm_custom_jvp(x, scale, bias, groups, eps=1e-6):
-    return _gn_apply(x, scale, bias, groups, eps)
+    return LIBRARY_GROUP_NORM(x, scale, bias, groups, eps)
 
 
 @group_norm_custom_jvp.defjvp
 def _gn_jvp(groups, eps, primals, tangents):
     (x, scale, bias), (dx, ds, db) = primals, tangents
-    member, n, mean_c, rstd_c = _gn_stats(x, groups, eps)
-    a = rstd_c * scale
-    y = x * a[:, None, None, :] + (bias - mean_c * a)[:, None, None, :]
+    member, n, mean_c, rstd_c = _gn_per_channel(x, groups, eps)
+    y = _gn_affine(x, scale, bias, mean_c, rstd_c)
     sum_dx, sum_xhat_dx = _gn_sums(x, dx, mean_c, rstd_c)
     e1 = (sum_dx @ member / n) @ member.T
     e2 = (sum_xhat_dx @ member / n) @ member.T
+    a = rstd_c * scale
     P = -rstd_c * rstd_c * scale * e2 + rstd_c * ds
     Q = -rstd_c * scale * e1 + mean_c * rstd_c * rstd_c * scale * e2 - mean_c * rstd_c * ds + db
     return y, dx * a[:, None, None, :] + x * P[:, None, None, :] + Q[:, None, None, :]
@@ -387,8 +376,6 @@ def _patch_group_norm(fn):
 
 
 def probe_gn_backward(quick: bool) -> list[str]:
-    from diffusion_jax.models.unet import group_norm
-
     for B, H, C, G in [(4, 8, 32, 8), (3, 4, 64, 8), (2, 28, 32, 8)]:
         k = jax.random.split(jax.random.key(0), 5)
         x = 2 * jax.random.normal(k[0], (B, H, H, C)) + 0.5
@@ -399,11 +386,11 @@ def probe_gn_backward(quick: bool) -> list[str]:
         def loss(x, s, b, fn, G=G, ct=ct):
             return jnp.sum(jax.nn.silu(fn(x, s, b, G, 1e-6)) * ct)
 
-        want = jax.grad(loss, (0, 1, 2))(x, scale, bias, group_norm)
+        want = jax.grad(loss, (0, 1, 2))(x, scale, bias, LIBRARY_GROUP_NORM)
         for fn in (group_norm_custom_vjp, group_norm_custom_jvp):
             for a, b in zip(want, jax.grad(loss, (0, 1, 2))(x, scale, bias, fn), strict=True):
                 _close(b, a, f"{fn.__name__} gradient", rtol=2e-4)
-        jvp_want = jax.jvp(functools.partial(group_norm, scale=scale, bias=bias, num_groups=G),
+        jvp_want = jax.jvp(functools.partial(LIBRARY_GROUP_NORM, scale=scale, bias=bias, num_groups=G),
                            (x,), (v,))[1]
         jvp_got = jax.jvp(lambda x, s=scale, b=bias, G=G: group_norm_custom_jvp(x, s, b, G),
                           (x,), (v,))[1]

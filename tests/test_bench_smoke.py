@@ -373,6 +373,39 @@ def test_a_paced_worker_that_fails_is_an_error_for_its_rounds_only():
     assert "error" not in fine and fine["result"]["rep"] == 1
 
 
+def test_speed_probe_group_norm_candidates_compute_the_library_function():
+    """bench/speed_probes.py's GroupNorm candidates (hand-written backward as custom_vjp, tangent
+    map as custom_jvp, the custom-VJP GroupNorm + SiLU) give the library's values, gradients and
+    (custom_jvp) tangents."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import jax
+        import numpy as np
+        import speed_probes as sp
+    finally:
+        sys.path.pop(0)
+    from diffusion_jax.models.unet import group_norm
+
+    k = jax.random.split(jax.random.key(0), 5)
+    G, x = 4, 2 * jax.random.normal(k[0], (2, 4, 4, 16)) + 0.5
+    scale, bias = 1 + 0.1 * jax.random.normal(k[1], (16,)), 0.1 * jax.random.normal(k[2], (16,))
+    ct, v = jax.random.normal(k[3], x.shape), jax.random.normal(k[4], x.shape)
+
+    def silu_gn(x, s, b, fn):
+        return jax.nn.silu(fn(x, s, b, G)) if fn is not sp.group_norm_silu_custom_vjp else fn(x, s, b, G)
+
+    want = silu_gn(x, scale, bias, group_norm)
+    want_grad = jax.grad(lambda *a: (silu_gn(*a, group_norm) * ct).sum(), (0, 1, 2))(x, scale, bias)
+    for fn in (sp.group_norm_custom_vjp, sp.group_norm_custom_jvp, sp.group_norm_silu_custom_vjp):
+        np.testing.assert_allclose(silu_gn(x, scale, bias, fn), want, rtol=1e-4, atol=1e-5)
+        grad = jax.grad(lambda *a, fn=fn: (silu_gn(*a, fn) * ct).sum(), (0, 1, 2))(x, scale, bias)
+        for got, expected in zip(grad, want_grad, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+    tangent = jax.jvp(lambda x: sp.group_norm_custom_jvp(x, scale, bias, G), (x,), (v,))[1]
+    expected = jax.jvp(lambda x: group_norm(x, scale, bias, G), (x,), (v,))[1]
+    np.testing.assert_allclose(tangent, expected, rtol=1e-3, atol=1e-4)
+
+
 def test_winograd_probe_computes_the_same_convolution():
     """bench/winograd_probe.py times a Winograd F(2×2, 3×3) convolution: it must be the same conv."""
     sys.path.insert(0, str(ROOT / "bench"))

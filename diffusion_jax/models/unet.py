@@ -88,19 +88,26 @@ def group_norm(x, scale, bias, num_groups: int, epsilon: float = 1e-6):
     one affine map per (b, c): on CPU XLA then runs dots instead of reduction fusions that it
     re-evaluates per consumer (the ddpm_digits train step 1.07× faster, bench/README.md).
     """
+    x = x.astype(jnp.float32)
+    member, mean, rstd = group_statistics(x, num_groups, epsilon)
+    a = (rstd @ member.T) * scale.astype(jnp.float32)  # (B, C)
+    b = bias.astype(jnp.float32) - (mean @ member.T) * a
+    return x * a[:, None, None, :] + b[:, None, None, :]
+
+
+def group_statistics(x, num_groups: int, epsilon: float = 1e-6):
+    """The (C, G) group-membership matrix and each group's μ and 1/√(σ² + ε), (B, G), of NHWC
+    float32 ``x``, σ² = E[x²] − μ² (see :func:`group_norm`)."""
     B, H, W, C = x.shape
     per_group = C // num_groups
-    x = x.astype(jnp.float32)
     member = (jnp.arange(C)[:, None] // per_group == jnp.arange(num_groups)[None, :]).astype(
-        jnp.float32)  # (C, G)
+        jnp.float32)
     n = H * W * per_group
     flat = x.reshape(B, H * W, C)
     mean = jnp.einsum("bpc,cg->bg", flat, member) / n
     mean_sq = jnp.einsum("bpc,cg->bg", flat * flat, member) / n
     rstd = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + epsilon)
-    a = (rstd @ member.T) * scale.astype(jnp.float32)  # (B, C)
-    b = bias.astype(jnp.float32) - (mean @ member.T) * a
-    return x * a[:, None, None, :] + b[:, None, None, :]
+    return member, mean, rstd
 
 
 class GroupNorm(nn.Module):
