@@ -227,10 +227,12 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _emit(out: dict, job: dict, index: int, jobs: list[dict], start: float) -> None:
+def _emit(out: dict, job: dict, index: int, jobs: list[dict], start: float, paced: dict) -> None:
     out.update(task=job["worker"], index=index, peak_rss_mib=_peak_rss_mib(),
                rss_shared_with_other_jobs=len(jobs) > 1,
                worker_wall_s=time.perf_counter() - start)
+    if paced:
+        out["rep_started_unix"] = paced["pace"].started
     print(RESULT_PREFIX + json.dumps(out), flush=True)
 
 
@@ -277,9 +279,7 @@ def run_torch_worker(jobs: list[dict], quick: bool) -> None:
             out = peer_torch.sample_task_torch(**sizes["peer_sample"])
         else:
             raise ValueError(f"unknown torch worker task {job['worker']!r}")
-        if paced:
-            out["rep_started_unix"] = paced["pace"].started
-        _emit(out, job, index, jobs, start)
+        _emit(out, job, index, jobs, start, paced)
 
 
 def run_worker(jobs: list[dict], quick: bool) -> None:
@@ -319,9 +319,7 @@ def run_worker(jobs: list[dict], quick: bool) -> None:
             raise ValueError(f"unknown worker task {task!r}")
         out.update(xla_flags=flags, jax_devices=jax.device_count(), platform=jax.default_backend(),
                    platform_detected=platform_name, device_kind=device.device_kind)
-        if paced:
-            out["rep_started_unix"] = paced["pace"].started
-        _emit(out, job, index, jobs, start)
+        _emit(out, job, index, jobs, start, paced)
 
 
 # --------------------------------------------------------------------------- orchestrator
